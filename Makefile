@@ -1,0 +1,34 @@
+# Two entry points for a fresh machine: `make demo` and `make test`.
+PY        ?= python3.11
+VENV      ?= .venv
+VPY       := $(VENV)/bin/python
+# pip's config on these machines names a find-links folder holding the CPU torch wheel.
+WHEELS    ?= $(shell $(PY) -m pip config get global.find-links 2>/dev/null || echo /opt/wheels)
+# The CPU build of torch, pinned exactly: a range would pull a multi-GB CUDA build.
+TORCH     ?= torch==2.13.0
+STAMP     := $(VENV)/.installed
+
+.PHONY: venv test demo bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(VPY) || $(PY) -m venv $(VENV)
+	$(VPY) -m pip install -q uv
+	# uv ignores pip.conf, so find-links is passed explicitly; bytecode is compiled because
+	# PYTHONDONTWRITEBYTECODE is set on these machines and every import would recompile.
+	UV_COMPILE_BYTECODE=1 $(VENV)/bin/uv pip install -q -p $(VPY) --find-links "$(WHEELS)" "$(TORCH)" -e ".[test]" \
+	  || $(VPY) -m pip install -q "$(TORCH)" -e ".[test]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+test: $(STAMP)
+	$(VPY) -m pytest -q $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(VENV)/bin/vgt demo --out $(or $(OUT),runs/demo)
+
+bench: $(STAMP)
+	$(VENV)/bin/vgt bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache
