@@ -1,0 +1,65 @@
+"""Named run configurations: `get_preset(name, overrides=None) -> VGTConfig`.
+
+`tiny` / `tiny-qwen`: random tiny VLMs (vgt.backbones.tiny_configs), 112 px, a 4x4 latent grid,
+a few-step schedule; CPU seconds end to end, no files, no network. The real presets carry the real
+architecture numbers of the pretrained models they load (vgt.backbones.real_configs) and the
+reference recipe (spec §1.5, §3.4: the defaults in vgt.config).
+"""
+from __future__ import annotations
+
+import copy
+import difflib
+from typing import Callable
+
+from vgt.backbones.tiny_configs import TINY_DC_AE, TINY_INTERNVL, TINY_QWEN
+from vgt.config import (AEConfig, AEStageConfig, ARConfig, ARStageConfig, BackboneConfig, DataConfig,
+                        ConfigError, DecoderConfig, FlowHeadConfig, SampleConfig, TrainConfig, VGTConfig,
+                        apply_overrides)
+
+
+def _tiny_train() -> TrainConfig:
+    """A few steps of every stage; perceptual losses off (they need local weight files)."""
+    ae = dict(steps=4, batch_size=2, warmup_steps=1, lpips_weight=0.0, convnext_weight=0.0)
+    ar = dict(steps=4, batch_size=2, warmup_steps=1, ema_start=2)
+    return TrainConfig(
+        ae_stage1=AEStageConfig(**ae, encoder_norm=False, noise_gamma=0.0, distill_weight=1.0, disc_start=2,
+                                disc_lr=3e-4),
+        ae_stage2=AEStageConfig(**ae, lr=1e-4, end_lr=1e-5, disc_start=2),
+        ar_pretrain=ARStageConfig(**ar),
+        ar_sft=ARStageConfig(**{**ar, "steps": 2}, lr=1e-4, end_lr=5e-5),
+        checkpoint_every=2, log_every=1, sample_every=2)
+
+
+def _tiny(name: str, family: str, hf_config: dict, timeshift: float | None) -> VGTConfig:
+    def backbone() -> BackboneConfig:
+        return BackboneConfig(family=family, pretrained=None, hf_config=copy.deepcopy(hf_config),
+                              tokenizer="tiny-bpe")
+
+    return VGTConfig(
+        name=name,
+        ae=AEConfig(backbone=backbone(), decoder=DecoderConfig(dc_config=copy.deepcopy(TINY_DC_AE))),
+        ar=ARConfig(backbone=backbone(), head=FlowHeadConfig(width=64, depth=2, timeshift=timeshift),
+                    max_grid=8, max_prompt_tokens=64),
+        data=DataConfig(resolution=112),
+        train=_tiny_train(),
+        sample=SampleConfig(num_steps=4, parallel_tokens=4))
+
+
+_PRESETS: dict[str, Callable[[], VGTConfig]] = {
+    "tiny": lambda: _tiny("tiny", "internvl", TINY_INTERNVL, timeshift=1.4),
+    "tiny-qwen": lambda: _tiny("tiny-qwen", "qwen2_5_vl", TINY_QWEN, timeshift=None),
+}
+
+
+def list_presets() -> list[str]:
+    return list(_PRESETS)
+
+
+def get_preset(name: str, overrides: list[str] | dict | None = None) -> VGTConfig:
+    """A fresh config for preset `name`, with dotted `overrides` (["ar.head.depth=4"] or a dict)."""
+    if name not in _PRESETS:
+        close = difflib.get_close_matches(name, list(_PRESETS), n=1, cutoff=0.3)
+        hint = f"; did you mean {close[0]!r}?" if close else ""
+        raise ConfigError(f"unknown preset {name!r} (known: {', '.join(_PRESETS)}){hint}")
+    cfg = _PRESETS[name]()
+    return apply_overrides(cfg, overrides) if overrides else cfg
