@@ -61,3 +61,9 @@ def load_pretrained_vlm(backbone_cfg, dtype: torch.dtype) -> torch.nn.Module:
                                    attn_implementation=resolve_attn_implementation(backbone_cfg.attn_implementation))
     except OSError as err:
         raise OSError(f"cannot load {cls.__name__} from {backbone_cfg.pretrained!r}: {err}") from err
+
+
+def random_vlm(backbone_cfg) -> torch.nn.Module:
+    """The whole VLM with random weights from `hf_config` (tests compare our adapters against it)."""
+    cfg = build_hf_config(backbone_cfg)
+    return vlm_model_class(backbone_cfg.family)._from_config(cfg, attn_implementation=cfg._attn_implementation).eval()
