@@ -69,6 +69,7 @@ class ARConfig:
     image_start_token: str = "<img>"
     cfg_dropout: float = 0.1
     per_sample_order: bool = True  # reference: one permutation per batch (parity switch)
+    fp32_flow: bool = True  # flow-loss t, noise and targets in fp32 (reference: the bf16 model dtype)
     repa_weight: float = 0.0
 
 

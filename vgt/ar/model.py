@@ -1,0 +1,198 @@
+"""`VGTModel`: the autoregressive generator (spec §2.1-2.4).
+
+Backbone LLM (decoder stack, no LM head) + `in_proj` Linear(C->D) + `out_proj` Linear(D->D) +
+learned position queries + the per-token flow head. Training sequence per sample:
+
+    [prompt ids, right-padded] [<img>] q_{o1} e_{o1} q_{o2} e_{o2} ... q_{oL} e_{oL}
+
+with o a random order of the L raster positions, `q_k = query_k + pos_k`, `e_k = in_proj(z_k) + pos_k`,
+causal attention with the padding mask and contiguous per-row positions `cumsum(mask) - 1`. The
+condition of token k is `out_proj` of the hidden state at q_k, so it sees the prompt and every pair
+before it in the order, never its own latent.
+
+The frozen `VGTAutoencoder` is attached with `attach_autoencoder`; it is deliberately not a
+registered submodule, so it stays out of this model's state dict, optimizer and FSDP wrapping
+(the pipeline saves it as its own component).
+"""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vgt.artifacts import ArtifactError, load_component, save_component
+from vgt.backbones import load_language_model, load_tokenizer
+from vgt.config import ARConfig, from_dict, to_dict
+
+from .flow import flow_loss
+from .flow_head import FlowHead
+from .prompts import format_prompts, marker_ids, tokenize
+from .queries import PositionQueries, token_order
+
+KIND = "ar"
+
+
+def tokens_of(latents: torch.Tensor) -> torch.Tensor:
+    """[B, C, h, w] -> [B, h*w, C] raster order."""
+    return latents.flatten(2).transpose(1, 2)
+
+
+def grid_of(tokens: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """[B, h*w, C] -> [B, C, h, w]."""
+    return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)
+
+
+def positions_of(mask: torch.Tensor) -> torch.Tensor:
+    """Contiguous per-row positions that skip padding: cumsum(mask) - 1, clamped at 0."""
+    return (mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def interleave(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """[B, n, D] x2 -> [B, 2n, D] as a_0 b_0 a_1 b_1 ..."""
+    return torch.stack([a, b], dim=2).flatten(1, 2)
+
+
+def take(x: torch.Tensor, idx: torch.Tensor) -> torch.Tensor:
+    """Per-row gather along dim 1: x [B or 1, L, D], idx [B, n] -> [B, n, D]."""
+    x = x.expand(idx.shape[0], -1, -1)
+    return x.gather(1, idx[..., None].expand(-1, -1, x.shape[-1]))
+
+
+class VGTModel(nn.Module):
+    def __init__(self, config: ARConfig, latent_dim: int = 32, tokenizer=None):
+        super().__init__()
+        self.config = copy.deepcopy(config)
+        self.latent_dim = latent_dim
+        if config.repa_weight > 0 and config.head.repa_dim <= 0:
+            raise ValueError("ar.repa_weight > 0 needs a REPA projector: set ar.head.repa_dim to the teacher width")
+        self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.backbone)
+        self.marker_ids = marker_ids(self.tokenizer, config.image_start_token)
+        self.llm = load_language_model(config.backbone, num_layers=config.llm_num_layers)
+        dim = self.llm.hidden_size
+        self.in_proj = nn.Linear(latent_dim, dim)
+        self.out_proj = nn.Linear(dim, dim)
+        for lin in (self.in_proj, self.out_proj):
+            nn.init.normal_(lin.weight, std=0.02)
+            nn.init.zeros_(lin.bias)
+        self.queries = PositionQueries(dim, config.max_grid)
+        self.head = FlowHead(latent_dim, dim, config.head.width, config.head.depth, config.head.repa_dim)
+        self.repa_teacher = None  # callable(pixels [B,3,H,W] in [-1,1], (h, w)) -> [B, h*w, repa_dim]
+        self.__dict__["ae"] = None  # unregistered on purpose (see module docstring)
+        self.fingerprint: str | None = None
+
+    # -- components ------------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.in_proj.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.in_proj.weight.dtype
+
+    def attach_autoencoder(self, ae) -> None:
+        """Use `ae` (frozen, eval mode) to encode pixels in `forward`; not part of this state dict."""
+        if ae is not None:
+            if ae.config.latent_channels != self.latent_dim:
+                raise ValueError(f"AE has {ae.config.latent_channels} latent channels, the AR model expects "
+                                 f"{self.latent_dim}")
+            ae.eval().requires_grad_(False)
+        self.__dict__["ae"] = ae
+
+    # -- prompts ---------------------------------------------------------------------------------
+    def prompt_texts(self, captions: list[str], drop: torch.Tensor | None = None) -> list[str]:
+        return format_prompts(captions, self.config.prompt_template, self.config.uncond_prompt, drop)
+
+    def embed_prompts(self, texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Chat texts -> (embeds [B, T+k, D], mask [B, T+k]): right-padded ids, then the `<img>` marker."""
+        ids, mask = tokenize(self.tokenizer, texts, self.config.max_prompt_tokens)
+        marker = torch.tensor(self.marker_ids).expand(ids.shape[0], -1)
+        ids = torch.cat([ids, marker], dim=1).to(self.device)
+        mask = torch.cat([mask, torch.ones_like(marker)], dim=1).to(self.device)
+        return self.llm.embed(ids), mask
+
+    # -- training --------------------------------------------------------------------------------
+    def sample_orders(self, batch: int, num_tokens: int, generator: torch.Generator | None) -> torch.Tensor:
+        """[B, L] generation orders: one per sample, or (reference parity) one shared by the batch."""
+        if self.config.per_sample_order:
+            return torch.stack([token_order(num_tokens, "random", generator) for _ in range(batch)])
+        return token_order(num_tokens, "random", generator).expand(batch, -1)
+
+    def training_conditions(self, embeds: torch.Tensor, mask: torch.Tensor, tokens: torch.Tensor,
+                            grid: tuple[int, int], orders: torch.Tensor) -> torch.Tensor:
+        """Teacher-forced conditions [B, L, D] in raster order for latent tokens [B, L, C] fed in `orders`."""
+        queries, pos = self.queries(*grid)
+        orders = orders.to(self.device)
+        lat = self.in_proj(tokens.to(self.dtype)) + pos
+        seq = interleave(take(queries[None], orders), take(lat, orders))
+        full_mask = torch.cat([mask, mask.new_ones(seq.shape[:2])], dim=1)
+        hidden, _ = self.llm(torch.cat([embeds, seq], dim=1), attention_mask=full_mask,
+                             position_ids=positions_of(full_mask))
+        cond = self.out_proj(hidden[:, -seq.shape[1]::2])  # query positions, generation order
+        return torch.zeros_like(cond).scatter(1, orders[..., None].expand_as(cond), cond)
+
+    def forward(self, captions: list[str], latents: torch.Tensor | None = None, pixels: torch.Tensor | None = None,
+                generator: torch.Generator | None = None, teacher_features: torch.Tensor | None = None) -> dict:
+        """Training loss. Give `latents` [B, C, h, w] (precomputed, normalised) or `pixels` [B,3,H,W] in
+        [-1,1] (encoded by the attached AE). Randomness (CFG dropout, orders, timesteps, noise) comes
+        from `generator`, in that order. Returns {"loss", "flow_loss"[, "repa_loss"]}."""
+        latents = self._latents(latents, pixels)
+        batch, _, h, w = latents.shape
+        if len(captions) != batch:
+            raise ValueError(f"{len(captions)} captions for {batch} images")
+        drop = torch.rand(batch, generator=generator) < self.config.cfg_dropout
+        embeds, mask = self.embed_prompts(self.prompt_texts(captions, drop))
+        tokens = tokens_of(latents)
+        cond = self.training_conditions(embeds, mask, tokens, (h, w), self.sample_orders(batch, h * w, generator))
+        use_repa = self.config.repa_weight > 0
+        flow, repa = flow_loss(self.head, tokens.reshape(-1, self.latent_dim), cond.reshape(-1, cond.shape[-1]),
+                               generator, shift=self.config.head.timeshift, fp32=self.config.fp32_flow,
+                               return_repa=use_repa)
+        if not use_repa:
+            return {"loss": flow, "flow_loss": flow}
+        feats = self._teacher_features(teacher_features, pixels, (h, w))
+        repa_loss = -F.cosine_similarity(repa.float(), feats.reshape(repa.shape).float(), dim=-1).mean()
+        return {"loss": flow + self.config.repa_weight * repa_loss, "flow_loss": flow, "repa_loss": repa_loss}
+
+    def _latents(self, latents, pixels) -> torch.Tensor:
+        if latents is None:
+            if pixels is None or self.ae is None:
+                raise ValueError("forward needs latents, or pixels with an attached autoencoder")
+            with torch.no_grad():
+                latents = self.ae.encode(pixels)
+        if latents.ndim != 4 or latents.shape[1] != self.latent_dim:
+            raise ValueError(f"expected latents [B,{self.latent_dim},h,w], got {tuple(latents.shape)}")
+        return latents.to(self.device)
+
+    def _teacher_features(self, given, pixels, grid) -> torch.Tensor:
+        if given is None:
+            if self.repa_teacher is None or pixels is None:
+                raise ValueError("ar.repa_weight > 0 needs teacher_features, or pixels and model.repa_teacher")
+            with torch.no_grad():
+                given = self.repa_teacher(pixels, grid)
+        return given.to(self.device)
+
+    # -- artifacts -------------------------------------------------------------------------------
+    def portable_config(self) -> dict:
+        cfg = copy.deepcopy(self.config)
+        cfg.backbone.pretrained = None  # weights come from the folder; hf_config rebuilds the shapes
+        return {"ar": to_dict(cfg), "latent_dim": self.latent_dim}
+
+    def save_pretrained(self, folder: str) -> str:
+        if not self.config.backbone.hf_config:
+            raise ArtifactError("cannot write a portable AR folder: ar.backbone.hf_config is empty")
+        self.fingerprint = save_component(folder, kind=KIND, config=self.portable_config(),
+                                          state_dict=self.state_dict())
+        return self.fingerprint
+
+    @classmethod
+    def from_pretrained(cls, folder: str, tokenizer=None) -> "VGTModel":
+        config, state_dict, fp = load_component(folder, kind=KIND)
+        model = cls(from_dict(ARConfig, config["ar"]), latent_dim=config["latent_dim"], tokenizer=tokenizer)
+        try:
+            model.load_state_dict(state_dict)
+        except RuntimeError as err:
+            raise ArtifactError(f"{folder!r}: weights do not fit its config: {err}") from err
+        model.fingerprint = fp
+        return model.eval()
