@@ -1,0 +1,137 @@
+"""Reference (hustvl/VGT) AE checkpoints -> vgt AE folders."""
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+from torch.nn import functional as F
+
+from ray_jobs.cli import main as cli
+from vgt.config import apply_overrides
+from vgt.convert.reference import map_reference_ae
+from vgt.presets import get_preset
+
+KEYS = json.loads((Path(__file__).parent / "data" / "reference_ae_keys.json").read_text())
+
+
+def expand(spec: dict) -> dict[str, list[int]]:
+    out = {}
+    for pattern, shape in spec["keys"].items():
+        if "{i}" in pattern:
+            out.update({pattern.replace("{i}", str(i)): shape for i in range(spec["layers"])})
+        elif "{j}" in pattern:
+            out.update({pattern.replace("{j}", str(j)): shape for j in range(spec["blocks"])})
+        else:
+            out[pattern] = shape
+    return out
+
+
+def meta_ae(preset: str):
+    from vgt.ae import VGTAutoencoder
+
+    cfg = apply_overrides(get_preset(preset), ["ae.backbone.pretrained=null", "ae.decoder.pretrained=null"])
+    with torch.device("meta"):
+        return VGTAutoencoder(cfg.ae)
+
+
+@pytest.mark.parametrize("preset,layout,family", [("internvl3-1b", "internvl3", "internvl"),
+                                                  ("qwen25vl-3b", "qwen25vl", "qwen2_5_vl")])
+def test_complete_reference_key_list_maps_without_gaps(preset, layout, family):
+    target = {k: v.shape for k, v in meta_ae(preset).state_dict().items()}
+    ref = {k: torch.empty(shape, device="meta") for k, shape in expand(KEYS[layout]).items()}
+    # The reference stores diffusers' AutoencoderDC decoder module as is: its keys are diffusers' own.
+    ref.update({k: torch.empty(s, device="meta") for k, s in target.items() if k.startswith("decoder.")})
+    mapped, report = map_reference_ae(ref, family, set(target))
+    assert report.unmapped == [] and report.missing == []
+    assert all(k.startswith(("teacher.", "teacher_mlp1.")) for k in report.dropped)
+    assert len(report.dropped) == (len([k for k in ref if k.startswith("teacher")]))
+    assert {k: tuple(v.shape) for k, v in mapped.items()} == {k: tuple(s) for k, s in target.items()}
+
+
+def test_split_qkv_reproduces_the_fused_reference_attention():
+    """InternViT computes one fused qkv projection; our q/k/v projections must give the same output."""
+    from transformers import InternVLVisionConfig
+    from transformers.models.internvl.modeling_internvl import InternVLVisionAttention
+
+    dim, heads, tokens = 64, 4, 10
+    g = torch.Generator().manual_seed(0)
+    qkv_w, qkv_b = torch.randn(3 * dim, dim, generator=g) / 8, torch.randn(3 * dim, generator=g)
+    proj_w, proj_b = torch.randn(dim, dim, generator=g) / 8, torch.randn(dim, generator=g)
+    x = torch.randn(2, tokens, dim, generator=g)
+
+    # the reference's fused computation: qkv -> reshape(B, N, 3, H, d) -> softmax attention -> proj
+    qkv = F.linear(x, qkv_w, qkv_b).reshape(2, tokens, 3, heads, dim // heads).permute(2, 0, 3, 1, 4)
+    q, k, v = qkv.unbind(0)
+    attn = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(dim // heads), dim=-1) @ v
+    expected = F.linear(attn.transpose(1, 2).reshape(2, tokens, dim), proj_w, proj_b)
+
+    ref = {"encoder.encoder.layers.0.attn.qkv.weight": qkv_w, "encoder.encoder.layers.0.attn.qkv.bias": qkv_b,
+           "encoder.encoder.layers.0.attn.proj.weight": proj_w, "encoder.encoder.layers.0.attn.proj.bias": proj_b}
+    prefix = "encoder.vision_tower.encoder.layer.0.attention."
+    names = [f"{p}.{s}" for p in ("q_proj", "k_proj", "v_proj", "projection_layer") for s in ("weight", "bias")]
+    mapped, report = map_reference_ae(ref, "internvl", {prefix + n for n in names})
+    assert report.ok
+    cfg = InternVLVisionConfig(hidden_size=dim, num_attention_heads=heads, attention_bias=True)
+    cfg._attn_implementation = "eager"
+    layer = InternVLVisionAttention(cfg).eval()
+    layer.load_state_dict({k.removeprefix(prefix): v for k, v in mapped.items()})
+    torch.testing.assert_close(layer(x)[0], expected, atol=1e-5, rtol=1e-5)
+
+
+def reference_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Our tiny InternVL AE state dict written back in the reference's names (test helper)."""
+    out = {}
+    for key, t in state.items():
+        k = key.replace("encoder.vision_tower.", "encoder.").replace("encoder.encoder.layer.", "encoder.encoder.layers.")
+        for ours, theirs in [("embeddings.cls_token", "embeddings.class_embedding"),
+                             ("embeddings.patch_embeddings.projection", "embeddings.patch_embedding"),
+                             ("embeddings.position_embeddings", "embeddings.position_embedding"),
+                             ("attention.projection_layer", "attn.proj"), ("layernorm_before", "norm1"),
+                             ("layernorm_after", "norm2"), ("lambda_1", "ls1"), ("lambda_2", "ls2"),
+                             ("encoder.projector.layer_norm", "mlp1.0"), ("encoder.projector.linear_1", "mlp1.1"),
+                             ("encoder.projector.linear_2", "mlp1.3")]:
+            k = k.replace(ours, theirs)
+        out[k] = t
+    for key in [k for k in out if ".attention.q_proj." in k]:
+        suffix = key.rsplit(".", 1)[1]
+        stem = key.split(".attention.q_proj.")[0]
+        parts = [out.pop(f"{stem}.attention.{p}_proj.{suffix}") for p in "qkv"]
+        out[f"{stem}.attn.qkv.{suffix}"] = torch.cat(parts)
+    return out
+
+
+def test_cli_converts_a_reference_file_into_an_equivalent_ae(tmp_path):
+    from vgt.ae import VGTAutoencoder
+
+    torch.manual_seed(0)
+    cfg = get_preset("tiny")
+    ae = VGTAutoencoder(cfg.ae).eval()
+    ref = reference_layout(ae.state_dict())
+    ref.update({f"teacher.{k}": v for k, v in ref.items() if k.startswith("encoder.")})
+    torch.save({"model": ref}, tmp_path / "vgt_ae_internvl3.pth")
+
+    assert cli(["convert", "--from", "reference", "--in", str(tmp_path / "vgt_ae_internvl3.pth"),
+                "--out", str(tmp_path / "ae"), "--preset", "tiny"]) == 0
+    loaded = VGTAutoencoder.from_pretrained(str(tmp_path / "ae"))
+    pixels = torch.rand(2, 3, 112, 112) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(loaded.encode(pixels), ae.encode(pixels))
+        assert torch.equal(loaded.decode(ae.encode(pixels)), ae.decode(ae.encode(pixels)))
+
+
+def test_cli_refuses_checkpoints_with_unplaced_keys(tmp_path, capsys):
+    from vgt.ae import VGTAutoencoder
+
+    ref = reference_layout(VGTAutoencoder(get_preset("tiny").ae).state_dict())
+    ref["encoder.encoder.layers.0.attn.mystery"] = torch.zeros(3)
+    del ref["down_mlp.3.bias"]
+    torch.save(ref, tmp_path / "bad.pth")
+    assert cli(["convert", "--from", "reference", "--in", str(tmp_path / "bad.pth"), "--out",
+                str(tmp_path / "ae"), "--preset", "tiny"]) == 2
+    err = capsys.readouterr().err
+    assert "unmapped encoder.encoder.layers.0.attn.mystery" in err and "missing down_mlp.3.bias" in err
+    assert not (tmp_path / "ae").exists()
+    (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
+    assert cli(["convert", "--from", "reference", "--in", str(tmp_path / "junk.pth"), "--out", str(tmp_path / "x")]) == 2
+    assert "cannot read" in capsys.readouterr().err

@@ -1,0 +1,152 @@
+"""Reference (hustvl/VGT) AE checkpoints -> `VGTAutoencoder` folders (spec §1.9).
+
+The reference saves plain state dicts (`vgt_ae_internvl3.pth`, `vgt_ae_qwen25vl.pth`), possibly
+wrapped in {"state_dict": ...} or {"model": ...}. Its InternVL encoder uses the original InternViT
+names (fused `attn.qkv`, `ls1`, `norm1`, ...) and `mlp1.{0,1,3}`; we use transformers' native
+InternVL names, so those keys are renamed and the fused qkv split into q/k/v. The Qwen encoder
+already uses transformers' `visual.*` names. Bottleneck and DC-AE decoder names are ours too.
+Teacher copies (`teacher.*`, `teacher_mlp1.*`) are dropped: the teacher is rebuilt from the
+pretrained VLM at training time and never ships with the inference AE.
+
+Reading `.pth` is the one place vgt unpickles anything, with `torch.load(weights_only=True)`.
+"""
+from __future__ import annotations
+
+import pickle
+import re
+from dataclasses import dataclass, field
+
+import torch
+
+DROPPED_PREFIXES = ("teacher.", "teacher_mlp1.")
+
+# InternViT layer suffix -> transformers InternVLVisionLayer suffix (qkv handled separately).
+_INTERNVIT_LAYER = {
+    "attn.proj": "attention.projection_layer",
+    "attn.q_norm": "attention.q_norm",
+    "attn.k_norm": "attention.k_norm",
+    "mlp.fc1": "mlp.fc1",
+    "mlp.fc2": "mlp.fc2",
+    "norm1": "layernorm_before",
+    "norm2": "layernorm_after",
+}
+_INTERNVIT_EMBED = {
+    "embeddings.class_embedding": "embeddings.cls_token",
+    "embeddings.patch_embedding.weight": "embeddings.patch_embeddings.projection.weight",
+    "embeddings.patch_embedding.bias": "embeddings.patch_embeddings.projection.bias",
+    "embeddings.position_embedding": "embeddings.position_embeddings",
+}
+_MLP1 = {"0": "layer_norm", "1": "linear_1", "3": "linear_2"}
+_LAYER_RE = re.compile(r"^encoder\.encoder\.layers\.(\d+)\.(.+?)(\.weight|\.bias)?$")
+
+
+@dataclass
+class ConversionReport:
+    """What a conversion did: keys it could not place, keys the target still lacks, keys it dropped."""
+
+    unmapped: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.unmapped and not self.missing
+
+    def summary(self) -> str:
+        lines = [f"unmapped: {len(self.unmapped)}, missing: {len(self.missing)}, dropped: {len(self.dropped)}"]
+        lines += [f"  unmapped {k}" for k in self.unmapped] + [f"  missing {k}" for k in self.missing]
+        return "\n".join(lines)
+
+
+def load_reference_state(path: str) -> dict[str, torch.Tensor]:
+    """A reference checkpoint's flat state dict (raw, {"state_dict"}, {"model"}; `module.` stripped)."""
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, EOFError, RuntimeError) as e:  # not a (weights-only) torch file
+        raise ValueError(str(e).splitlines()[0]) from e
+    for key in ("state_dict", "model"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, dict):
+        raise ValueError(f"{path!r} does not hold a state dict (got {type(obj).__name__})")
+    return {k.removeprefix("module."): v for k, v in obj.items() if isinstance(v, torch.Tensor)}
+
+
+def _internvit_key(rest: str, tensor: torch.Tensor) -> dict[str, torch.Tensor] | None:
+    """Reference InternViT key (after `encoder.`) -> our key(s) under `encoder.vision_tower.`."""
+    if rest in _INTERNVIT_EMBED:
+        return {_INTERNVIT_EMBED[rest]: tensor}
+    m = _LAYER_RE.match("encoder." + rest)
+    if not m:
+        return None
+    layer, name, suffix = m.group(1), m.group(2), m.group(3) or ""
+    prefix = f"encoder.layer.{layer}."
+    if name == "attn.qkv":
+        q, k, v = tensor.chunk(3, dim=0)  # rows [q; k; v], as InternViT's reshape(B,N,3,H,d) reads them
+        return {f"{prefix}attention.{p}_proj{suffix}": t for p, t in zip("qkv", (q, k, v))}
+    if name in ("ls1", "ls2"):
+        return {f"{prefix}lambda_{name[-1]}": tensor}
+    if name in _INTERNVIT_LAYER:
+        return {f"{prefix}{_INTERNVIT_LAYER[name]}{suffix}": tensor}
+    return None
+
+
+def _map_ae_key(key: str, tensor: torch.Tensor, family: str) -> dict[str, torch.Tensor] | None:
+    if key.startswith(("down_blocks.", "down_mlp.", "decoder.")):
+        return {key: tensor}
+    if family == "qwen2_5_vl":
+        return {"encoder.visual." + key.removeprefix("encoder."): tensor} if key.startswith("encoder.") else None
+    if key.startswith("mlp1."):
+        index, _, suffix = key.removeprefix("mlp1.").partition(".")
+        return {f"encoder.projector.{_MLP1[index]}.{suffix}": tensor} if index in _MLP1 else None
+    if key.startswith("encoder."):
+        mapped = _internvit_key(key.removeprefix("encoder."), tensor)
+        return {f"encoder.vision_tower.{k}": v for k, v in mapped.items()} if mapped else None
+    return None
+
+
+def map_reference_ae(ref: dict[str, torch.Tensor], family: str,
+                     target_keys: set[str]) -> tuple[dict[str, torch.Tensor], ConversionReport]:
+    """Rename a reference AE state dict onto our names; report unmapped/missing/dropped keys."""
+    out, report = {}, ConversionReport()
+    for key, tensor in ref.items():
+        if key.startswith(DROPPED_PREFIXES):
+            report.dropped.append(key)
+            continue
+        mapped = _map_ae_key(key, tensor, family)
+        if mapped is None or not set(mapped) <= target_keys:
+            report.unmapped.append(key)
+            continue
+        out.update(mapped)
+    report.missing = sorted(target_keys - set(out))
+    return out, report
+
+
+def detect_family(ref: dict[str, torch.Tensor]) -> str:
+    """InternVL checkpoints carry `mlp1.*`; Qwen ones carry the merger inside `encoder.merger.*`."""
+    if any(k.startswith("mlp1.") for k in ref):
+        return "internvl"
+    if any(k.startswith("encoder.merger.") for k in ref):
+        return "qwen2_5_vl"
+    raise ValueError("cannot tell the VLM family of this checkpoint: neither mlp1.* (InternVL) nor "
+                     "encoder.merger.* (Qwen2.5-VL) keys are present")
+
+
+def convert_reference_ae(ref: dict[str, torch.Tensor], ae_config) -> tuple[object, ConversionReport]:
+    """Build a `VGTAutoencoder` for `ae_config` holding the reference weights.
+
+    Conversion fails if any key is unmapped or missing or any shape differs from the preset's.
+    """
+    from vgt.ae import VGTAutoencoder
+
+    ae = VGTAutoencoder(ae_config)
+    target = ae.state_dict()
+    mapped, report = map_reference_ae(ref, ae_config.backbone.family, set(target))
+    bad_shapes = [f"{k}: reference {tuple(v.shape)} vs ours {tuple(target[k].shape)}"
+                  for k, v in mapped.items() if v.shape != target[k].shape]
+    if bad_shapes:
+        raise ValueError("shape mismatch (wrong preset for this checkpoint?):\n  " + "\n  ".join(bad_shapes))
+    if not report.ok:
+        raise ValueError("reference AE does not match the preset:\n" + report.summary())
+    ae.load_state_dict({k: v.float() for k, v in mapped.items()})
+    return ae.eval(), report
