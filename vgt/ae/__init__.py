@@ -1,0 +1,5 @@
+"""VGT-AE: VLM-feature autoencoder (inference model, training wrapper, losses, discriminator)."""
+from .model import VGTAutoencoder
+from .training import AEForward, AETrainingModule
+
+__all__ = ["AEForward", "AETrainingModule", "VGTAutoencoder"]
