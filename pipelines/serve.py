@@ -1,0 +1,51 @@
+"""Ray Serve image service: `ARSampler` -> `AEDecoder` behind an OpenAI-compatible `Ingress`.
+
+`build_app` is the application builder named in cluster/serve.yaml
+(`import_path: pipelines.serve:build_app`); its `args` are documented there and below. The
+deployments live in serve_workers.py (model replicas) and serve_ingress.py (HTTP), the request
+contract in serve_api.py, metrics in serve_metrics.py, model loading in serve_model.py and the
+deploy helpers (used by `vgt serve`, tests, benchmark) in serve_config.py.
+"""
+from __future__ import annotations
+
+from .serve_api import Limits
+from .serve_ingress import Ingress
+from .serve_workers import AEDecoder, ARSampler
+
+ARGS = {
+    "model": "pipeline folder, local path or s3:// (required)",
+    "model_name": "id reported by /v1/models and accepted as `model` (default: the folder's name)",
+    "gpus_per_replica": "'auto' (1 when the cluster has GPUs, else 0), or a number",
+    "cpus_per_replica": "CPUs reserved per model replica when it gets no GPU (fractional is fine)",
+    "limits": "per-request limits, see serve_api.Limits",
+    "retry_after_s": "Retry-After seconds sent with 503 responses",
+}
+
+
+def build_app(args: dict):
+    """Application builder: args (see ARGS) -> the bound Ingress(ARSampler, AEDecoder) graph."""
+    args = dict(args or {})
+    unknown = set(args) - set(ARGS)
+    if unknown:
+        raise ValueError(f"unknown vgt serve args {sorted(unknown)}; known: {sorted(ARGS)}")
+    model = args.get("model")
+    if not model:
+        raise ValueError("vgt serve needs args.model: a pipeline folder (local path or s3://)")
+    name = args.get("model_name") or str(model).rstrip("/").rsplit("/", 1)[-1]
+    Limits.from_dict(args.get("limits"))  # fail at deploy time, not on the first request
+    placement = replica_resources(args.get("gpus_per_replica", "auto"), float(args.get("cpus_per_replica", 0.25)))
+    sampler = ARSampler.options(ray_actor_options=placement).bind(model, name)
+    decoder = AEDecoder.options(ray_actor_options=placement).bind(model)
+    return Ingress.bind(sampler, decoder, name, args.get("limits"), int(args.get("retry_after_s", 1)))
+
+
+def replica_resources(gpus, cpus: float) -> dict:
+    """ray_actor_options of a model replica: one GPU each when GPUs exist, else fractional CPUs (so
+    two deployments x two replicas fit a 2-core machine next to other work). A `ray_actor_options`
+    entry for the deployment in the Serve config overrides this."""
+    if gpus == "auto":
+        import ray
+
+        gpus = 1 if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0 else 0
+    gpus = float(gpus)
+    return {"num_gpus": gpus, "num_cpus": 1.0} if gpus > 0 else {"num_cpus": cpus}

@@ -1,0 +1,93 @@
+"""Deploy the image service from `cluster/serve.yaml`, the single source of truth for its knobs.
+
+`vgt serve`, the tests and the benchmark all load that file, override a few fields (model, host,
+port, deployment options) and deploy it declaratively, exactly as `serve run cluster/serve.yaml`
+and KubeRay's RayService do, so every path exercises the same configuration.
+"""
+from __future__ import annotations
+
+import copy
+import os
+import time
+
+APP_NAME = "vgt"
+DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cluster", "serve.yaml")
+
+
+class DeployError(RuntimeError):
+    """The application failed to deploy (message from Serve), or did not come up in time."""
+
+
+def load_config(path: str = DEFAULT_CONFIG) -> dict:
+    import yaml
+
+    with open(path) as f:
+        config = yaml.safe_load(f)
+    app_of(config)  # fail early when the file holds no vgt application
+    return config
+
+
+def app_of(config: dict) -> dict:
+    apps = [a for a in config.get("applications", []) if a.get("name") == APP_NAME]
+    if len(apps) != 1:
+        raise DeployError(f"the Serve config must hold exactly one application named {APP_NAME!r}")
+    return apps[0]
+
+
+def with_overrides(config: dict, model: str | None = None, host: str | None = None, port: int | None = None,
+                   args: dict | None = None, deployments: dict[str, dict] | None = None) -> dict:
+    """A copy of `config` with the model, HTTP address, app args and per-deployment options replaced
+    (deployment options merge one level deep, so `{"ARSampler": {"autoscaling_config": {...}}}`
+    replaces only that option of that deployment)."""
+    config = copy.deepcopy(config)
+    app = app_of(config)
+    http = config.setdefault("http_options", {})
+    if host is not None:
+        http["host"] = host
+    if port is not None:
+        http["port"] = int(port)
+    app["args"] = {**app.get("args", {}), **(args or {}), **({"model": model} if model else {})}
+    by_name = {d["name"]: d for d in app.setdefault("deployments", [])}
+    for name, options in (deployments or {}).items():
+        if name not in by_name:
+            by_name[name] = {"name": name}
+            app["deployments"].append(by_name[name])
+        by_name[name].update(copy.deepcopy(options))
+    return config
+
+
+def deploy(config: dict, timeout_s: float = 300.0) -> str:
+    """Start Serve (HTTP options apply only when Serve is not running yet), deploy, wait until the
+    application runs; returns its base URL."""
+    from ray.serve._private.api import serve_start
+    from ray.serve.schema import ServeDeploySchema
+
+    schema = ServeDeploySchema.model_validate(config)
+    client = serve_start(http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location)
+    client.deploy_apps(schema)  # same call as `serve run CONFIG` makes
+    wait_running(timeout_s)
+    return url_of(config)
+
+
+def wait_running(timeout_s: float) -> None:
+    from ray import serve
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        app = serve.status().applications.get(APP_NAME)
+        status = app.status if app else "NOT_STARTED"  # a str Enum
+        if status == "RUNNING":
+            return
+        if status == "DEPLOY_FAILED":
+            raise DeployError(f"the vgt application failed to deploy: {app.message}")
+        if time.monotonic() > deadline:
+            raise DeployError(f"the vgt application is still {status} after {timeout_s:.0f}s")
+        time.sleep(0.2)
+
+
+def url_of(config: dict) -> str:
+    http = config.get("http_options", {})
+    host = http.get("host", "127.0.0.1")
+    host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    prefix = (app_of(config).get("route_prefix") or "/").rstrip("/")
+    return f"http://{host}:{http.get('port', 8000)}{prefix}"

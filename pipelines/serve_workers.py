@@ -1,0 +1,190 @@
+"""The two model deployments: `ARSampler` (prompt -> latents) and `AEDecoder` (latents -> images).
+
+Both batch concurrent requests with `@serve.batch` and compute in one worker thread, so the
+replica's event loop keeps accepting requests (which form the next batch), answering health
+checks and noticing cancellations while a batch runs. A batch may mix requests whose sampling
+settings differ: it is split into groups of equal settings (`SampleJob.key()`), one model call per
+group, so each request gets exactly the computation it asked for. Per-image generators come from
+(seed, image index), so an image does not depend on what else shares its batch.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+from ray import serve
+
+from .serve_api import SampleJob
+from .serve_metrics import metrics
+
+log = logging.getLogger("ray.serve")
+
+DEFAULT_BATCH = {"max_batch_size": 8, "batch_wait_timeout_s": 0.05}
+
+
+class Cancelled(Exception):
+    """Every job of a running group lost its client: stop the model early."""
+
+
+class BatchingReplica:
+    """Shared plumbing: a one-thread executor, batch settings from `user_config`, queue depth."""
+
+    STAGE = ""
+
+    def __init__(self):
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"vgt-{self.STAGE}")
+        self._waiting: set[int] = set()
+        self._metrics = metrics()
+        self.batches: list[int] = []  # images per executed batch (recent), for `stats()`
+        self.cancelled = 0
+
+    def reconfigure(self, config: dict) -> None:
+        """`user_config`: {max_batch_size, batch_wait_timeout_s} of this stage's @serve.batch."""
+        config = {**DEFAULT_BATCH, **(config or {})}
+        unknown = set(config) - set(DEFAULT_BATCH)
+        if unknown:
+            raise ValueError(f"{self.STAGE}: unknown user_config keys {sorted(unknown)}")
+        self._batched.set_max_batch_size(int(config["max_batch_size"]))
+        self._batched.set_batch_wait_timeout_s(float(config["batch_wait_timeout_s"]))
+
+    async def _submit(self, job):
+        """Queue `job` for the next batch; mark it cancelled if the caller goes away."""
+        self._waiting.add(id(job))
+        self._gauge()
+        try:
+            return await self._batched(job)
+        except asyncio.CancelledError:
+            job.cancelled = True
+            self.cancelled += 1
+            self._metrics["cancelled"].inc(tags={"stage": self.STAGE})
+            raise
+        finally:
+            self._waiting.discard(id(job))
+            self._gauge()
+
+    async def _execute(self, fn, jobs: list, images: int):
+        """Run `fn(jobs)` on the worker thread; record batch size and compute time."""
+        for job in jobs:
+            self._waiting.discard(id(job))
+        self._gauge()
+        tags = {"stage": self.STAGE}
+        self._metrics["batch_images"].observe(images, tags=tags)
+        self._metrics["batch_requests"].observe(len(jobs), tags=tags)
+        self.batches = (self.batches + [images])[-1000:]
+        start = time.perf_counter()
+        out = await asyncio.get_running_loop().run_in_executor(self._pool, fn, jobs)
+        self._metrics["stage_seconds"].observe(time.perf_counter() - start, tags=tags)
+        return out
+
+    def _gauge(self) -> None:
+        self._metrics["queue_depth"].set(len(self._waiting), tags={"stage": self.STAGE})
+
+    def stats(self) -> dict:
+        return {"batches": list(self.batches), "cancelled": self.cancelled, "waiting": len(self._waiting)}
+
+
+@serve.deployment(name="ARSampler")
+class ARSampler(BatchingReplica):
+    STAGE = "sampler"
+
+    def __init__(self, model: str, model_name: str):
+        from .serve_model import load_sampler
+
+        super().__init__()
+        self.model = load_sampler(model, model_name)
+
+    def info(self):
+        return self.model.info
+
+    def check_health(self) -> None:
+        if self.model is None:
+            raise RuntimeError("sampler weights are not loaded")
+
+    async def sample(self, job: SampleJob) -> dict:
+        """One request -> {"latents": float32 [n, C, h, w], "batch_images": images in its batch}."""
+        return await self._submit(job)
+
+    @serve.batch(**DEFAULT_BATCH)
+    async def _batched(self, jobs: list[SampleJob]) -> list[dict]:
+        images = sum(j.n for j in jobs)
+        latents = await self._execute(self._sample_groups, jobs, images)
+        return [{"latents": lat, "batch_images": images, "batch_requests": len(jobs)} for lat in latents]
+
+    def _sample_groups(self, jobs: list[SampleJob]) -> list:
+        """Per job its latents (None when its group was cancelled); one model call per settings group."""
+        out: dict[int, object] = {}
+        for group in group_jobs(jobs):
+            try:
+                latents = self.model.sample(group, stop=lambda g=group: all(j.cancelled for j in g))
+            except Cancelled:
+                log.info("sampler: cancelled a group of %d job(s) mid-way", len(group))
+                continue
+            for job, lat in zip(group, split(latents, [j.n for j in group])):
+                out[id(job)] = lat
+        return [out.get(id(job)) for job in jobs]
+
+
+@serve.deployment(name="AEDecoder")
+class AEDecoder(BatchingReplica):
+    STAGE = "decoder"
+
+    def __init__(self, model: str):
+        from .serve_model import load_decoder
+
+        super().__init__()
+        self.model = load_decoder(model)
+
+    def ready(self) -> str:
+        return self.model.fingerprint
+
+    def check_health(self) -> None:
+        if self.model is None:
+            raise RuntimeError("decoder weights are not loaded")
+
+    async def decode(self, job: dict) -> list[bytes]:
+        """{"latents": [n, C, h, w], "output_format": "png"} -> n encoded images."""
+        return await self._submit(DecodeJob(job["latents"], job["output_format"]))
+
+    @serve.batch(**DEFAULT_BATCH)
+    async def _batched(self, jobs: list["DecodeJob"]) -> list[list[bytes]]:
+        return await self._execute(self._decode_groups, jobs, sum(len(j.latents) for j in jobs))
+
+    def _decode_groups(self, jobs: list["DecodeJob"]) -> list[list[bytes]]:
+        """Jobs with equal latent grids share one decoder call; images are encoded per job."""
+        import numpy as np
+
+        from .serve_model import encode_image
+
+        out: dict[int, list[bytes]] = {}
+        for group in _groups(jobs, lambda j: j.latents.shape[1:]):
+            pixels = self.model.decode(np.concatenate([j.latents for j in group]))
+            for job, imgs in zip(group, split(pixels, [len(j.latents) for j in group])):
+                out[id(job)] = [encode_image(img, job.output_format) for img in imgs]
+        return [out[id(job)] for job in jobs]
+
+
+class DecodeJob:
+    def __init__(self, latents, output_format: str):
+        self.latents, self.output_format, self.cancelled = latents, output_format, False
+
+
+def group_jobs(jobs: list[SampleJob]) -> list[list[SampleJob]]:
+    """Jobs grouped by sampling settings, in order of first appearance."""
+    return _groups(jobs, SampleJob.key)
+
+
+def split(array, sizes: list[int]) -> list:
+    """Consecutive slices of `array` along dim 0 with the given sizes."""
+    bounds = [0]
+    for size in sizes:
+        bounds.append(bounds[-1] + size)
+    return [array[a:b] for a, b in zip(bounds, bounds[1:])]
+
+
+def _groups(items: list, key) -> list[list]:
+    grouped: dict = {}
+    for item in items:
+        grouped.setdefault(key(item), []).append(item)
+    return list(grouped.values())
