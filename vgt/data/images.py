@@ -1,0 +1,34 @@
+"""Stored image bytes -> pixels: decode, centre crop, [-1, 1] tensors (prep-latents, training)."""
+from __future__ import annotations
+
+import io
+from typing import TYPE_CHECKING
+
+import numpy as np
+from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
+
+
+def decode_image(data: bytes) -> Image.Image:
+    """Prepared-dataset image bytes (JPEG/PNG, already RGB) -> an RGB PIL image."""
+    img = Image.open(io.BytesIO(data))
+    return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def center_crop(img: Image.Image, size: int) -> Image.Image:
+    """The central `size` x `size` square (prep stores the shorter side at `size`)."""
+    w, h = img.size
+    if min(w, h) < size:
+        raise ValueError(f"image {w}x{h} is smaller than the crop {size}; was it prepared at another resolution?")
+    left, top = (w - size) // 2, (h - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+
+def to_pixels(images: list[Image.Image]) -> torch.Tensor:
+    """Same-size RGB images -> float32 [B, 3, H, W] in [-1, 1] (x / 127.5 - 1)."""
+    import torch  # here, so prep workers that only clean rows never import torch
+
+    arr = np.stack([np.asarray(img, dtype=np.uint8) for img in images])
+    return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
