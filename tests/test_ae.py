@@ -8,7 +8,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from vgt.ae import AETrainingModule, VGTAutoencoder
+from vgt.ae import AETrainingModule, VGTAutoencoder, apply_stage
 from vgt.ae.bottleneck import LATENT_LN_EPS, tokens_to_grid
 from vgt.ae.losses import generator_loss
 from vgt.artifacts import ArtifactError
@@ -219,3 +219,27 @@ def test_bad_inputs_are_clear_errors():
         ae.encode(torch.zeros(1, 3, 14, 112))
     with pytest.raises(ValueError, match=r"expected latents \[B,32,h,w\]"):
         ae.decode(torch.zeros(1, 16, 4, 4))
+
+
+def test_apply_stage_switches_latent_norm_and_noise():
+    ae = _ae()
+    train = get_preset("tiny").train
+    apply_stage(ae, train.ae_stage1)
+    pixels = _pixels(2, 112)
+    with torch.no_grad():
+        assert torch.equal(ae.train().encode(pixels), _raw_latents(ae, pixels))  # no LN, no noise
+        apply_stage(ae, train.ae_stage2)
+        assert (ae.config.encoder_norm, ae.config.noise_gamma) == (True, train.ae_stage2.noise_gamma)
+        assert not torch.equal(ae.encode(pixels), ae.eval().encode(pixels))
+
+
+def test_bf16_model_keeps_fp32_latents_and_decodes_in_bf16():
+    ae = _ae().eval()
+    pixels = _pixels(2, 112)
+    with torch.no_grad():
+        z32 = ae.encode(pixels)
+        ae.to(torch.bfloat16)
+        z = ae.encode(pixels)
+        recon = ae.decode(z)
+    assert z.dtype == torch.float32 and recon.dtype == torch.bfloat16 and recon.shape == pixels.shape
+    torch.testing.assert_close(z, z32, rtol=0, atol=0.1)  # bf16 weights, unit-variance latents

@@ -1,5 +1,5 @@
 """VGT-AE: VLM-feature autoencoder (inference model, training wrapper, losses, discriminator)."""
 from .model import VGTAutoencoder
-from .training import AEForward, AETrainingModule
+from .training import AEForward, AETrainingModule, apply_stage
 
-__all__ = ["AEForward", "AETrainingModule", "VGTAutoencoder"]
+__all__ = ["AEForward", "AETrainingModule", "VGTAutoencoder", "apply_stage"]

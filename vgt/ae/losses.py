@@ -64,7 +64,11 @@ def generator_loss(stage, step: int, pixels: torch.Tensor, recon: torch.Tensor,
                    student: torch.Tensor, teacher: torch.Tensor,
                    perceptual: PerceptualLoss | None = None,
                    discriminator: nn.Module | None = None) -> LossOutput:
-    """Weighted generator loss of one step; terms with weight 0 are not computed."""
+    """Weighted generator loss of one step; terms with weight 0 are not computed.
+
+    Pass the bare discriminator, not a DDP wrapper: its parameters are frozen for this pass, and a
+    DDP forward whose parameters get no gradient would stall the next reduction.
+    """
     with _no_autocast(pixels.device):
         x01, r01 = to_unit(pixels), to_unit(recon)
         weighted = {"mse": (stage.mse_weight, reconstruction_mse(pixels, recon))}

@@ -93,7 +93,8 @@ class VGTAutoencoder(nn.Module):
         if latents.ndim != 4 or latents.shape[1] != self.config.latent_channels:
             raise ValueError(f"expected latents [B,{self.config.latent_channels},h,w], got {tuple(latents.shape)}")
         size = (latents.shape[-2] * self.stride, latents.shape[-1] * self.stride)
-        return decode_to_size(self.decoder, latents, size)
+        dtype = self.decoder.conv_in.weight.dtype  # latents are fp32; a bf16 decoder wants bf16 input
+        return decode_to_size(self.decoder, latents.to(dtype), size)
 
     def forward(self, pixels: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         return self.decode(self.encode(pixels, generator))

@@ -22,6 +22,16 @@ class AEForward:
     latents: torch.Tensor  # [B,C,h,w] (noised in train mode)
 
 
+def apply_stage(ae: VGTAutoencoder, stage) -> None:
+    """Copy a stage's latent switches (`AEStageConfig.encoder_norm`, `.noise_gamma`) into the AE config.
+
+    Stage 1 trains without the channel LayerNorm and without noise, stage 2 with both (spec §1.5);
+    the exported config then records what the decoder was trained on.
+    """
+    ae.config.encoder_norm = stage.encoder_norm
+    ae.config.noise_gamma = stage.noise_gamma
+
+
 class AETrainingModule(nn.Module):
     """`ae` (trainable) + `teacher` (frozen, always eval).
 
