@@ -135,3 +135,14 @@ def test_cli_refuses_checkpoints_with_unplaced_keys(tmp_path, capsys):
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
     assert cli(["convert", "--from", "reference", "--in", str(tmp_path / "junk.pth"), "--out", str(tmp_path / "x")]) == 2
     assert "cannot read" in capsys.readouterr().err
+
+
+def test_pth_state_dicts_become_safetensors_files(tmp_path):
+    from safetensors.torch import load_file
+
+    state = {"features.0.weight": torch.randn(4, 3, 3, 3), "features.0.bias": torch.randn(4)}
+    torch.save({"state_dict": {f"module.{k}": v for k, v in state.items()}}, tmp_path / "vgg16.pth")
+    out = tmp_path / "vgg16.safetensors"
+    assert cli(["convert", "--from", "pth", "--in", str(tmp_path / "vgg16.pth"), "--out", str(out)]) == 0
+    loaded = load_file(out)
+    assert loaded.keys() == state.keys() and all(torch.equal(loaded[k], v) for k, v in state.items())
