@@ -159,6 +159,17 @@ class TrainConfig:
     log_every: int = 10
     sample_every: int = 2000
     activation_checkpointing: bool = False
+    # Ray Train (pipelines/train.py). Added by the training stage.
+    strategy: str = "auto"  # "ddp" | "fsdp2" | "auto" (AR: fsdp2 on GPU, else ddp; AE: ddp)
+    use_gpu: bool | None = None  # None: use GPUs when the Ray cluster has any
+    cpus_per_worker: float = 1.0  # ScalingConfig resources_per_worker; fractional on small machines
+    keep_checkpoints: int = 2  # CheckpointConfig(num_to_keep)
+    max_failures: int = 2  # FailureConfig: restarts of the worker group from the last checkpoint
+    stop_at: int | None = None  # end this run after N steps (LR schedule still spans the stage's steps)
+    fail_at_step: int | None = None  # fault-injection drill: the last worker raises once at this step
+    data_chunk_rows: int = 1024  # rows per chunk of the per-rank data order (read unit)
+    data_shuffle_window: int = 8  # chunks whose rows are shuffled together (bounded shuffle buffer)
+    export_ema: bool = True  # export the EMA weights when the stage keeps an EMA
 
 
 @dataclass

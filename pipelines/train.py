@@ -1,0 +1,107 @@
+"""Ray Train driver: one `TorchTrainer` run of a training stage, resumable in place.
+
+Run folder OUT (local or s3://):
+  config.json, provenance.json   the resolved config and run spec; code version, packages, seeds
+  checkpoints/step-N/            Ray Train checkpoints (see train_ckpt), the newest `keep_checkpoints`
+  metrics.jsonl                  one line per step (loss terms, lr, grad norm, samples/s, tokens/s)
+  samples/step-N.png             reconstruction (AE) / sample (AR) grids every `sample_every` steps
+  export/                        the final weights as a loadable AE or pipeline folder
+
+Resuming is running the same command again: Ray Train V2 finds the latest checkpoint of
+`RunConfig(name="checkpoints", storage_path=OUT)` and hands it to the workers through
+`ray.train.get_checkpoint()` (V2 has no `resume_from_checkpoint`).
+"""
+from __future__ import annotations
+
+from dataclasses import asdict
+
+from pipelines.train_ckpt import STATE_FILE, check_compatible
+from pipelines.train_loop import RUN_NAME, LoopSpec, ray_worker_main, stage_name
+from vgt import io as vio
+from vgt.provenance import collect_provenance
+
+
+def resolve_strategy(strategy: str, use_gpu: bool, default_gpu: str) -> str:
+    if strategy != "auto":
+        return strategy
+    return default_gpu if use_gpu else "ddp"
+
+
+def cluster_has_gpu() -> bool:
+    import ray
+
+    return ray.cluster_resources().get("GPU", 0) > 0
+
+
+def latest_checkpoint_state(out: str) -> dict | None:
+    """state.json of the newest checkpoint under OUT/checkpoints (None before the first one)."""
+    states = sorted(p for p in vio.glob(vio.join(out, RUN_NAME, "step-*", STATE_FILE)))
+    return vio.read_json(states[-1]) if states else None
+
+
+def fit(spec: LoopSpec, workers: int, default_strategy_gpu: str = "ddp") -> dict:
+    """Train `spec` on `workers` Ray Train workers; returns the last reported metrics."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    if not ray.is_initialized():
+        ray.init()  # RAY_ADDRESS / a running cluster, else a local one
+    t = spec.config["train"]
+    use_gpu = cluster_has_gpu() if t["use_gpu"] is None else bool(t["use_gpu"])
+    t["strategy"] = resolve_strategy(t["strategy"], use_gpu, default_strategy_gpu)
+    state = latest_checkpoint_state(spec.out)
+    if state is not None:  # refuse before any worker starts
+        check_compatible(state, workers, t["strategy"])
+    write_run_files(spec, workers, resumed_from=state and state["step"])
+    fs, path = vio.pyarrow_fs(spec.out)
+    trainer = TorchTrainer(
+        ray_worker_main,
+        train_loop_config=asdict(spec),
+        # One worker per GPU, or CPU workers. Fractional CPUs leave room on small machines for
+        # the Train controller and anything else sharing the cluster.
+        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": t["cpus_per_worker"],
+                                                           **({"GPU": 1} if use_gpu else {})}),
+        # TorchConfig default: gloo on CPU, NCCL on GPU.
+        run_config=RunConfig(
+            name=RUN_NAME,
+            # With an explicit pyarrow filesystem Ray wants the path without "s3://".
+            storage_path=path,
+            storage_filesystem=fs if vio.is_s3(spec.out) else None,
+            # Older checkpoints are deleted from storage once newer ones are registered.
+            checkpoint_config=CheckpointConfig(num_to_keep=t["keep_checkpoints"]),
+            # A failed worker restarts the whole group, which resumes from the last checkpoint.
+            failure_config=FailureConfig(max_failures=t["max_failures"]),
+        ),
+    )
+    result = trainer.fit()
+    return dict(result.metrics or {})
+
+
+def write_run_files(spec: LoopSpec, workers: int, resumed_from: int | None) -> None:
+    vio.makedirs(spec.out)
+    run = {"spec": {**asdict(spec), "stage": stage_name(spec)}, "workers": workers}
+    vio.write_json(vio.join(spec.out, "config.json"), run)
+    seeds = {"seed": spec.config["train"]["seed"]}
+    vio.write_json(vio.join(spec.out, "provenance.json"),
+                   collect_provenance(run, seeds=seeds, resumed_from_step=resumed_from))
+
+
+def dataset_args(items: list[str]) -> tuple[list[str], list[float]]:
+    """`URI[=WEIGHT]` command-line items -> (uris, weights); the weight defaults to 1."""
+    uris, weights = [], []
+    for item in items:
+        uri, weight = item, 1.0
+        head, sep, tail = item.rpartition("=")
+        if sep:
+            try:
+                uri, weight = head, float(tail)
+            except ValueError:
+                raise ValueError(f"dataset {item!r}: the weight after '=' must be a number") from None
+        if weight <= 0:
+            raise ValueError(f"dataset {item!r}: the weight must be positive")
+        uris.append(uri)
+        weights.append(weight)
+    return uris, weights
+

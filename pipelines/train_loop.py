@@ -1,0 +1,221 @@
+"""The per-worker training loop shared by every stage (runs inside each Ray Train worker).
+
+A stage (AE, AR, or a test's toy model) is a class built on every worker as `Stage(spec, env)`.
+It exposes:
+  trainables         train_ckpt.Trainables (wrapped modules, optimisers, schedulers, EMAs)
+  columns            the prepared-dataset columns the data feed reads
+  rows_per_step      rows per worker per optimiser step (batch x accumulation)
+  tokens_per_sample  for the tokens/s metric
+  export_modules     names of the modules whose full weights `export` receives
+  step(rows, step, generator) -> {loss term: value}   one optimiser step (all ranks)
+  lr() -> float      the current base learning rate
+  export(folder, weights)  rank 0 writes the loadable folder
+  preview(step, rows) -> PIL image | None   optional; called on every rank
+The loop owns everything else: resume, data position, checkpoints, metrics, the fault-injection
+drill and the export.
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import tempfile
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from pipelines import train_ckpt
+from pipelines.train_data import MixedFeed, derive_seed, seeded
+from pipelines.train_dist import WorkerEnv
+from vgt import io as vio
+
+RUN_NAME = "checkpoints"  # RunConfig(name=...): checkpoints live in OUT/checkpoints/step-N
+
+
+@dataclass
+class LoopSpec:
+    """Everything a worker needs, JSON-able (sent to the workers as the train loop config)."""
+
+    stage: str | type  # "package.module:Class" (or the class itself, pickled by value: tests)
+    stage_key: str  # which stage config: "ae_stage1" | "ae_stage2" | "ar_pretrain" | "ar_sft" | ...
+    config: dict  # the resolved VGTConfig (to_dict)
+    data: list[str]
+    out: str  # run folder (local or s3://)
+    steps: int  # length of the LR schedule; the run ends here unless stop_at is set
+    weights: list[float] = field(default_factory=list)  # per dataset; empty = equal
+    init: str | None = None  # stage2 / sft: weights to start from
+    ae: str | None = None  # AR: the frozen autoencoder folder
+
+
+def build_stage(spec: LoopSpec, env: WorkerEnv):
+    cls = spec.stage
+    if isinstance(cls, str):
+        module, name = cls.split(":")
+        cls = getattr(importlib.import_module(module), name)
+    return cls(spec, env)
+
+
+def stage_name(spec: LoopSpec) -> str:
+    cls = spec.stage
+    return cls if isinstance(cls, str) else f"{cls.__module__}:{cls.__qualname__}"
+
+
+def train_cfg(spec: LoopSpec) -> dict:
+    return spec.config["train"]
+
+
+def make_feed(spec: LoopSpec, stage, env: WorkerEnv) -> MixedFeed:
+    t = train_cfg(spec)
+    return MixedFeed(spec.data, spec.weights or [1.0] * len(spec.data), stage.columns, t["seed"],
+                     env.rank, env.world, chunk_rows=t["data_chunk_rows"], window=t["data_shuffle_window"])
+
+
+def ray_worker_main(config: dict) -> None:
+    """`train_loop_per_worker` of the TorchTrainer."""
+    import ray.train
+
+    from pipelines.train_dist import ray_worker_env
+
+    spec = LoopSpec(**config)
+    env = ray_worker_env(train_cfg(spec)["strategy"])
+    run_loop(spec, env, checkpoint=ray.train.get_checkpoint(), report=_ray_report)
+
+
+def run_loop(spec: LoopSpec, env: WorkerEnv, checkpoint=None, report=None) -> list[dict]:
+    """Train from the checkpoint (or from scratch) to the stop step; returns rank 0's metrics."""
+    t = train_cfg(spec)
+    torch.manual_seed(t["seed"])  # identical initial weights on every rank (FSDP2 does not broadcast)
+    stage = build_stage(spec, env)
+    torch.manual_seed(derive_seed(t["seed"], "rank", env.rank))  # per-rank stream (dropout, ...)
+    feed = make_feed(spec, stage, env)
+    start = _resume(checkpoint, stage, feed, env)
+    stop = min(spec.steps, t.get("stop_at") or spec.steps)
+    log = MetricsLog(spec.out, start) if env.is_main else None
+    if log:
+        log.append({"event": "start", "step": start, "world_size": env.world, "strategy": env.strategy})
+    for step in range(start, stop):
+        began = time.perf_counter()
+        rows = feed.batch(step, stage.rows_per_step)
+        metrics = stage.step(rows, step, seeded(t["seed"], "step", step, env.rank))
+        for ema in stage.trainables.emas.values():
+            ema.update(step + 1)
+        metrics = _global_metrics(metrics, stage, rows, env, time.perf_counter() - began, step + 1)
+        if log:
+            log.append(metrics)
+        _inject_failure(spec, env, step + 1)
+        _maybe_preview(spec, stage, rows, env, step + 1)
+        _checkpoint_and_report(spec, stage, feed, env, step + 1, stop, metrics, log, report)
+    if stop == spec.steps:
+        export(spec, stage, env)
+    if log:
+        log.flush()
+    return log.records if log else []
+
+
+def _resume(checkpoint, stage, feed: MixedFeed, env: WorkerEnv) -> int:
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as folder:
+        state = train_ckpt.load(folder, stage.trainables, env)
+    feed.load_state(state["data"])
+    return state["step"]
+
+
+def _global_metrics(metrics: dict, stage, rows: list, env: WorkerEnv, seconds: float, step: int) -> dict:
+    """Loss terms averaged over ranks; throughput for the whole job (slowest rank's time)."""
+    names = sorted(metrics)
+    values = env.mean(torch.stack([torch.as_tensor(metrics[k], dtype=torch.float64).reshape(()).cpu()
+                                   for k in names] + [torch.tensor(float(seconds), dtype=torch.float64)]))
+    out = {"step": step, **{k: float(v) for k, v in zip(names, values[:-1].tolist())}}
+    out["lr"] = stage.lr()
+    seconds = float(values[-1])
+    samples = len(rows) * env.world
+    out["samples_per_s"] = samples / seconds
+    out["tokens_per_s"] = stage.tokens_per_sample * samples / seconds
+    return out
+
+
+def _inject_failure(spec: LoopSpec, env: WorkerEnv, step: int) -> None:
+    """Fault-injection drill (train.fail_at_step): the last rank dies once at that step."""
+    fail_at = train_cfg(spec).get("fail_at_step")
+    if fail_at != step or env.rank != env.world - 1:
+        return
+    marker = vio.join(spec.out, f"injected-failure-step-{step}")
+    if vio.exists(marker):
+        return
+    vio.write_bytes(marker, b"")
+    raise RuntimeError(f"injected failure at step {step} on rank {env.rank} (train.fail_at_step)")
+
+
+def _maybe_preview(spec: LoopSpec, stage, rows: list, env: WorkerEnv, step: int) -> None:
+    every = train_cfg(spec)["sample_every"]
+    if not every or step % every or not hasattr(stage, "preview"):
+        return
+    image = stage.preview(step, rows)  # every rank: FSDP2 forwards are collective
+    if env.is_main and image is not None:
+        with vio.open(vio.join(spec.out, "samples", f"step-{step:08d}.png"), "wb") as f:
+            image.save(f, format="PNG")
+
+
+def _checkpoint_and_report(spec, stage, feed, env, step, stop, metrics, log, report) -> None:
+    """Checkpoint every train.checkpoint_every steps and at the stop step; metrics to Ray every
+    train.log_every steps (a report is a barrier across the workers, so not every step)."""
+    if report is None:  # a plain process (benchmarks, in-process tests): no Ray, no checkpoints
+        return
+    t = train_cfg(spec)
+    if step % t["checkpoint_every"] == 0 or step == stop:
+        if log:
+            log.flush()
+        with tempfile.TemporaryDirectory(prefix="vgt-ckpt-") as folder:
+            train_ckpt.save(folder, stage.trainables, env, step, {"data": feed.state()})
+            report(metrics, folder, f"step-{step:08d}")
+    elif step % t["log_every"] == 0:
+        report(metrics, None, None)
+
+
+def _ray_report(metrics: dict, folder: str | None, name: str | None) -> None:
+    import ray.train
+
+    checkpoint = ray.train.Checkpoint.from_directory(folder) if folder else None
+    # Every rank reports (Train V2 requirement); each rank's files merge into one checkpoint folder.
+    ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
+
+
+def export(spec: LoopSpec, stage, env: WorkerEnv) -> None:
+    """Full weights (EMA when the stage keeps one and train.export_ema) -> OUT/export, by rank 0."""
+    use_ema = train_cfg(spec)["export_ema"]
+    weights = {name: train_ckpt.full_weights(stage.trainables, name, env, use_ema)
+               for name in stage.export_modules}
+    if env.is_main:
+        stage.export(vio.join(spec.out, "export"), weights)
+    env.barrier()
+
+
+class MetricsLog:
+    """OUT/metrics.jsonl, one JSON object per step (rank 0). On resume, lines after the resumed
+    step are dropped, so the file always describes one consistent history."""
+
+    def __init__(self, out: str, start: int):
+        self.uri = vio.join(out, "metrics.jsonl")
+        self.records = [r for r in self._read() if r["step"] <= start]
+        self._local = not vio.is_s3(out)
+        if self._local:
+            self._rewrite()
+
+    def _read(self) -> list[dict]:
+        if not vio.exists(self.uri):
+            return []
+        return [json.loads(line) for line in vio.read_bytes(self.uri).decode().splitlines() if line.strip()]
+
+    def append(self, record: dict) -> None:
+        self.records.append(record)
+        if self._local:  # local files grow line by line; s3 objects are rewritten at checkpoints
+            with open(self.uri, "a") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def flush(self) -> None:
+        if not self._local:
+            self._rewrite()
+
+    def _rewrite(self) -> None:
+        vio.atomic_write_bytes(self.uri, "".join(json.dumps(r) + "\n" for r in self.records).encode())

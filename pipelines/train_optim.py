@@ -1,0 +1,74 @@
+"""Optimiser pieces shared by the AE and AR stages: parameter groups, warm-up + cosine, EMA."""
+from __future__ import annotations
+
+import math
+from typing import Callable, Iterable
+
+import torch
+from torch import nn
+
+# Spec §1.5: no weight decay for 1-d tensors and for names containing any of these.
+NO_DECAY_KEYWORDS = ("ln", "bias", "latent_tokens", "mask_token", "embedding", "norm", "gamma", "embed")
+
+
+def param_groups(named: Iterable[tuple[str, nn.Parameter]], lr: float, weight_decay: float,
+                 lr_mult: dict[str, float] | None = None,
+                 no_decay_keywords: tuple[str, ...] = ()) -> list[dict]:
+    """AdamW groups: {prefix with its LR multiplier, rest} x {decay, no decay}; empty groups dropped.
+
+    A parameter gets no decay when it has fewer than 2 dims or its name contains a keyword.
+    `lr_mult` maps a name prefix (e.g. "encoder.") to an LR multiplier (spec: 0.5 for the encoder).
+    """
+    buckets: dict[tuple[float, bool], list[nn.Parameter]] = {}
+    for name, p in named:
+        if not p.requires_grad:
+            continue
+        mult = next((m for prefix, m in (lr_mult or {}).items() if name.startswith(prefix)), 1.0)
+        decay = p.ndim >= 2 and not any(k in name for k in no_decay_keywords)
+        buckets.setdefault((mult, decay), []).append(p)
+    return [{"params": ps, "lr": lr * mult, "weight_decay": weight_decay if decay else 0.0}
+            for (mult, decay), ps in sorted(buckets.items(), key=lambda kv: (-kv[0][0], not kv[0][1]))]
+
+
+def warmup_cosine(warmup: int, total: int, end_ratio: float) -> Callable[[int], float]:
+    """LR ratio for the (s+1)-th update: linear (s+1)/warmup, then half-cosine from 1 to `end_ratio`.
+
+    A LambdaLR ratio, so groups with an LR multiplier follow the same shape scaled (spec §1.5).
+    Unlike the reference, the first update already has a non-zero LR.
+    """
+    def ratio(s: int) -> float:
+        k = s + 1
+        if k <= warmup:
+            return k / warmup
+        progress = min(1.0, (k - warmup) / max(1, total - warmup))
+        return end_ratio + (1.0 - end_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
+    return ratio
+
+
+def adamw(groups: list[dict], lr: float, betas: tuple[float, float]) -> torch.optim.AdamW:
+    return torch.optim.AdamW(groups, lr=lr, betas=tuple(betas))
+
+
+def scheduler(opt: torch.optim.Optimizer, warmup: int, total: int, end_ratio: float):
+    return torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(warmup, total, end_ratio))
+
+
+class EMA:
+    """Exponential moving average of the trainable parameters (sharded like them under FSDP2).
+
+    After update k: k <= start -> a copy of the weights; k > start -> d*ema + (1-d)*weights
+    (the reference's EMAHook with `begin_iter`).
+    """
+
+    def __init__(self, module: nn.Module, decay: float, start: int):
+        self.decay, self.start = decay, start
+        self.params = {n: p for n, p in module.named_parameters() if p.requires_grad}
+        self.shadow = {n: p.detach().clone() for n, p in self.params.items()}
+
+    @torch.no_grad()
+    def update(self, updates_done: int) -> None:
+        for name, p in self.params.items():
+            if updates_done <= self.start:
+                self.shadow[name].copy_(p.detach())
+            else:
+                self.shadow[name].mul_(self.decay).add_(p.detach(), alpha=1.0 - self.decay)
