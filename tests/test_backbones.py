@@ -10,7 +10,9 @@ from PIL import Image
 
 from vgt.backbones import (TINY_INTERNVL, TINY_QWEN, encoder_from_vlm, language_model_from_vlm,
                            load_language_model, load_tokenizer, load_vision_encoder, random_vlm, token_id)
+from vgt.backbones.counting import count_vlm_parameters
 from vgt.backbones.language import truncate_layers
+from vgt.backbones.real_configs import DC_AE_F32C32_SANA, INTERNVL3_1B, INTERNVL3_2B, QWEN25VL_3B
 from vgt.backbones.tokenizer import TINY_SPECIALS, _tiny_bpe_json
 from vgt.backbones.vision import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, pixel_shuffle, qwen_patchify
 from vgt.config import BackboneConfig
@@ -232,3 +234,53 @@ def test_qwen_tokenizer_real_vocabulary():
     assert len(tok) == 151674 and tok.pad_token_id == 151643 and tok.eos_token_id == 151645
     text = "<|im_start|>user\nA photo of <img></img> a café<|im_end|>"
     assert tok.decode(tok(text).input_ids) == text
+
+
+# ---------------------------------------------------------------- real architectures (meta device)
+
+GB = 1e9  # the hub's file listing uses decimal gigabytes, rounded to 0.01 GB
+
+
+@pytest.mark.parametrize("family,hf_config,published_bytes,files", [
+    # model.safetensors 1.88 GB (bf16), https://huggingface.co/OpenGVLab/InternVL3-1B-hf/tree/main
+    ("internvl", INTERNVL3_1B, 1.88 * GB, 1),
+    # model.safetensors 4.18 GB (bf16), https://huggingface.co/OpenGVLab/InternVL3-2B-hf/tree/refs%2Fpr%2F2
+    ("internvl", INTERNVL3_2B, 4.18 * GB, 1),
+    # model-00001-of-00002 3.98 GB + model-00002-of-00002 3.53 GB (bf16, embeddings tied: stored once),
+    # https://huggingface.co/Qwen/Qwen2.5-VL-3B-Instruct/tree/main
+    ("qwen2_5_vl", QWEN25VL_3B, (3.98 + 3.53) * GB, 2),
+])
+def test_real_vlm_totals_match_published_checkpoint_sizes(family, hf_config, published_bytes, files):
+    counts = count_vlm_parameters(BackboneConfig(family=family, hf_config=hf_config))
+    assert counts["total"] == sum(v for k, v in counts.items() if k != "total")
+    # 2 bytes per bf16 parameter; each listed size is rounded to +-0.005 GB (headers are ~100 kB)
+    assert abs(2 * counts["total"] - published_bytes) <= files * 0.005 * GB + 1e6
+
+
+@pytest.mark.parametrize("hf_config,family,params_b,non_embedding_b", [
+    # Qwen2.5-0.5B model card: "Number of Parameters: 0.49B, Number of Parameters (Non-Embedding): 0.36B"
+    (INTERNVL3_1B, "internvl", 0.49, 0.36),
+    # Qwen2.5-1.5B model card: 1.54B, non-embedding 1.31B
+    (INTERNVL3_2B, "internvl", 1.54, 1.31),
+    # Qwen2.5-3B model card: 3.09B, non-embedding 2.77B
+    (QWEN25VL_3B, "qwen2_5_vl", 3.09, 2.77),
+])
+def test_real_llms_match_qwen25_model_cards(hf_config, family, params_b, non_embedding_b):
+    counts = count_vlm_parameters(BackboneConfig(family=family, hf_config=hf_config))
+    text = hf_config["text_config"]
+    embedding = text["vocab_size"] * text["hidden_size"]
+    assert abs(counts["llm"] / 1e9 - params_b) <= 0.005
+    assert abs((counts["llm"] - embedding) / 1e9 - non_embedding_b) <= 0.005
+    # InternVL3 keeps a separate lm_head; Qwen2.5-VL-3B ties it to the embeddings
+    assert counts["lm_head"] == (0 if text["tie_word_embeddings"] else embedding)
+
+
+def test_dc_ae_sana_matches_published_weight_file():
+    from diffusers import AutoencoderDC
+
+    with torch.device("meta"):
+        dc = AutoencoderDC(**DC_AE_F32C32_SANA)
+    # diffusion_pytorch_model.safetensors 1.25 GB (fp32),
+    # https://huggingface.co/mit-han-lab/dc-ae-f32c32-sana-1.1-diffusers/tree/main
+    assert abs(4 * sum(p.numel() for p in dc.parameters()) - 1.25 * GB) <= 0.005 * GB + 1e6
+    assert dc.spatial_compression_ratio == 32

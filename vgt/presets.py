@@ -11,6 +11,7 @@ import copy
 import difflib
 from typing import Callable
 
+from vgt.backbones.real_configs import DC_AE_F32C32_SANA, INTERNVL3_1B, INTERNVL3_2B, QWEN25VL_3B
 from vgt.backbones.tiny_configs import TINY_DC_AE, TINY_INTERNVL, TINY_QWEN
 from vgt.config import (AEConfig, AEStageConfig, ARConfig, ARStageConfig, BackboneConfig, DataConfig,
                         ConfigError, DecoderConfig, FlowHeadConfig, SampleConfig, TrainConfig, VGTConfig,
@@ -45,9 +46,39 @@ def _tiny(name: str, family: str, hf_config: dict, timeshift: float | None) -> V
         sample=SampleConfig(num_steps=4, parallel_tokens=4))
 
 
+DC_AE_SANA_ID = "mit-han-lab/dc-ae-f32c32-sana-1.1-diffusers"
+# transformers-native checkpoints (InternVLForConditionalGeneration; no remote code) and their tokenizers
+_HUB = {"internvl3-1b": ("internvl", "OpenGVLab/InternVL3-1B-hf", INTERNVL3_1B),
+        "internvl3-2b": ("internvl", "OpenGVLab/InternVL3-2B-hf", INTERNVL3_2B),
+        "qwen25vl-3b": ("qwen2_5_vl", "Qwen/Qwen2.5-VL-3B-Instruct", QWEN25VL_3B)}
+
+
+def _hub_backbone(key: str) -> BackboneConfig:
+    family, repo, hf_config = _HUB[key]
+    return BackboneConfig(family=family, pretrained=repo, hf_config=copy.deepcopy(hf_config), tokenizer=repo)
+
+
+def _real(name: str, ae_vlm: str, ar_vlm: str, timeshift: float | None) -> VGTConfig:
+    """Reference recipe (spec §1.5 / §3.4 values are the vgt.config defaults) at 448 px: AE on
+    `ae_vlm`'s vision tower + projector with the DC-AE SANA decoder, AR on `ar_vlm`'s whole LLM,
+    flow head width 1536 x 12 blocks (spec §2.1)."""
+    return VGTConfig(
+        name=name,
+        ae=AEConfig(backbone=_hub_backbone(ae_vlm),
+                    decoder=DecoderConfig(pretrained=DC_AE_SANA_ID, dc_config=copy.deepcopy(DC_AE_F32C32_SANA))),
+        ar=ARConfig(backbone=_hub_backbone(ar_vlm), head=FlowHeadConfig(width=1536, depth=12, timeshift=timeshift)),
+        data=DataConfig(resolution=448))
+
+
 _PRESETS: dict[str, Callable[[], VGTConfig]] = {
     "tiny": lambda: _tiny("tiny", "internvl", TINY_INTERNVL, timeshift=1.4),
     "tiny-qwen": lambda: _tiny("tiny-qwen", "qwen2_5_vl", TINY_QWEN, timeshift=None),
+    # VGT-InternVL3 "0.6B": AE and AR both on InternVL3-1B
+    "internvl3-1b": lambda: _real("internvl3-1b", "internvl3-1b", "internvl3-1b", timeshift=1.4),
+    # VGT-InternVL3 "1.6B": the same InternVL3-1B-based AE; AR on InternVL3-2B's LLM (spec §1.1)
+    "internvl3-2b": lambda: _real("internvl3-2b", "internvl3-1b", "internvl3-2b", timeshift=1.4),
+    # VGT-Qwen2.5-VL: Qwen vision tower + merger AE, AR on its LLM, no timeshift (spec §2.1)
+    "qwen25vl-3b": lambda: _real("qwen25vl-3b", "qwen25vl-3b", "qwen25vl-3b", timeshift=None),
 }
 
 

@@ -4,6 +4,7 @@ Same classes and structure as the real models, only narrow: 112 px images, patch
 gives an 8x8 patch grid and a 4x4 grid of latent tokens (stride 28). Token ids follow the
 "tiny-bpe" tokenizer (its specials take ids 0..9 in `TINY_SPECIALS` order).
 """
+from vgt.backbones.real_configs import dc_ae_config
 from vgt.backbones.tokenizer import TINY_SPECIALS, TINY_VOCAB_SIZE
 
 _IDS = {tok: i for i, tok in enumerate(TINY_SPECIALS)}
@@ -33,18 +34,7 @@ TINY_QWEN = dict(
     vision_start_token_id=_IDS["<|vision_start|>"], vision_end_token_id=_IDS["<|vision_end|>"],
     tie_word_embeddings=False)
 
-# diffusers AutoencoderDC kwargs: the DC-AE f32 layout (6 stages: 3 ResBlock + 3 EfficientViT,
-# interpolate upsampling, RMS norm, SiLU) at widths 8..32, so a 4x4 latent decodes to 128 px
-# (spatial factor 32) in ~30 ms on one CPU core; ~89 K decoder parameters. The last width must be
-# a multiple of latent_channels (decoder input shortcut repeats channels).
-_DC_TYPES = ["ResBlock"] * 3 + ["EfficientViTBlock"] * 3
-_DC_WIDTHS = [8, 8, 16, 16, 32, 32]
-_DC_MULTISCALES = [[], [], [], [5], [5], [5]]
-TINY_DC_AE = dict(
-    in_channels=3, latent_channels=32, attention_head_dim=8,
-    encoder_block_types=_DC_TYPES, decoder_block_types=_DC_TYPES,
-    encoder_block_out_channels=_DC_WIDTHS, decoder_block_out_channels=_DC_WIDTHS,
-    encoder_layers_per_block=[1] * 6, decoder_layers_per_block=[1] * 6,
-    encoder_qkv_multiscales=_DC_MULTISCALES, decoder_qkv_multiscales=_DC_MULTISCALES,
-    upsample_block_type="interpolate", downsample_block_type="Conv",
-    decoder_norm_types="rms_norm", decoder_act_fns="silu", scaling_factor=0.41407)
+# The DC-AE f32 layout at widths 8..32: a 4x4 latent decodes to 128 px (spatial factor 32) in ~30 ms
+# on one CPU core; ~89 K decoder parameters. The last width must be a multiple of latent_channels
+# (the decoder's input shortcut repeats channels).
+TINY_DC_AE = dc_ae_config([8, 8, 16, 16, 32, 32], encoder_layers=[1] * 6, decoder_layers=[1] * 6, attention_head_dim=8)
