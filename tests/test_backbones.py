@@ -41,6 +41,19 @@ def images(batch: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
     return torch.randint(0, 256, (batch, 3, h, w), generator=g).float() / 255 * 2 - 1
 
 
+def test_attn_implementation_choice(monkeypatch):
+    from vgt.backbones import families
+
+    assert families.resolve_attn_implementation("eager", torch.bfloat16) == "eager"
+    monkeypatch.setattr(families, "is_flash_attn_2_available", lambda: True)
+    assert families.resolve_attn_implementation("auto", torch.bfloat16) == "flash_attention_2"
+    assert families.resolve_attn_implementation("auto", torch.float32) == "sdpa"  # flash kernels are 16-bit only
+    monkeypatch.setattr(families, "is_flash_attn_2_available", lambda: False)
+    assert families.resolve_attn_implementation("auto", torch.bfloat16) == "sdpa"
+    with pytest.raises(ValueError, match="did you mean 'qwen2_5_vl'"):
+        families.check_family("qwen2.5_vl")
+
+
 # ---------------------------------------------------------------- vision encoder
 
 

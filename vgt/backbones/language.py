@@ -59,8 +59,8 @@ def truncate_layers(decoder: nn.Module, num_layers: int) -> None:
         decoder.config.layer_types = list(decoder.config.layer_types)[:num_layers]
 
 
-def _random_decoder(backbone_cfg) -> nn.Module:
-    cfg = families.build_hf_config(backbone_cfg)
+def _random_decoder(backbone_cfg, dtype: torch.dtype) -> nn.Module:
+    cfg = families.build_hf_config(backbone_cfg, dtype)
     attn = cfg._attn_implementation
     if backbone_cfg.family == "internvl":
         from transformers import AutoModel
@@ -75,7 +75,7 @@ def load_language_model(backbone_cfg, num_layers: int | None = None,
     head discarded; `num_layers` keeps only the first N decoder layers."""
     families.check_family(backbone_cfg.family)
     if backbone_cfg.pretrained is None:
-        decoder = _random_decoder(backbone_cfg).to(dtype)
+        decoder = _random_decoder(backbone_cfg, dtype).to(dtype)
     else:
         decoder = families.load_pretrained_vlm(backbone_cfg, dtype).model.language_model
     if num_layers is not None:
