@@ -1,0 +1,51 @@
+"""List presets with parameter counts and estimated training memory per GPU.
+
+Counts come from building every component on the meta device (no weights, no hub). Memory per
+GPU assumes plain data parallelism (every GPU holds a full copy): bf16 weights for all
+parameters, bf16 gradients + fp32 master weights + fp32 AdamW moments for trainable ones;
+activations excluded. FSDP divides the trainable part by the number of GPUs.
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--preset", action="append", help="preset(s) to show (default: all)")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def preset_rows(names: list[str]) -> list[dict]:
+    from vgt.backbones.counting import count_parameters, estimate_train_memory
+    from vgt.presets import get_preset
+
+    rows = []
+    for name in names:
+        cfg = get_preset(name)
+        counts = count_parameters(cfg)
+        memory = estimate_train_memory(cfg, counts)
+        rows.append({"preset": name, "family": cfg.ar.backbone.family, "px": cfg.data.resolution,
+                     "ae_params": counts["ae"], "ar_llm_params": counts["ar.llm"],
+                     "ar_head_params": counts["ar.head"], "ar_params": counts["ar"],
+                     "ae_train_gib": round(memory["ae"]["total_gib"], 2),
+                     "ar_train_gib": round(memory["ar"]["total_gib"], 2)})
+    return rows
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from vgt.benchmarks import format_table
+    from vgt.presets import list_presets
+
+    rows = preset_rows(args.preset or list_presets())
+    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from ray_jobs._entry import main_for
+
+    raise SystemExit(main_for(sys.modules[__name__]))
