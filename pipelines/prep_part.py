@@ -6,12 +6,13 @@ file are each written atomically; the returned stats become the part's manifest 
 from __future__ import annotations
 
 import collections
+import json
 import time
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vgt.config import DataConfig
+from vgt.config import DataConfig, from_dict
 from vgt.data.clean import DUPLICATE_KEY, Reject, clean_sample
 from vgt.data.layout import (PART_SCHEMA, REJECT_SCHEMA, ROW_GROUP_ROWS, committed_local_path,
                              part_uri, rejects_uri, write_table_atomic)
@@ -68,6 +69,14 @@ def build_part(spec: dict, cfg: DataConfig, output: str) -> dict:
         "rejected_by_reason": dict(sorted(rejects.by_reason.items())), "shard_errors": shard_errors,
         "seconds": round(time.perf_counter() - start, 3), "complete": True,
     }
+
+
+def build_part_row(spec: dict, data_cfg: dict, output: str) -> dict:
+    """The Ray Data `map` function: a part spec row -> {"stats": JSON}. It lives here, not in
+    pipelines.prep, so Ray workers import only this module's light dependencies (no torch)."""
+    # Stats travel as one JSON string: per-part reason dicts differ in keys, which Arrow's
+    # struct inference would otherwise have to unify across blocks.
+    return {"stats": json.dumps(build_part(spec, from_dict(DataConfig, data_cfg), output))}
 
 
 def _clean(raw, key: str, seen: set[str], rejects: _Rejects, cfg: DataConfig) -> dict | None:

@@ -14,6 +14,10 @@ import re
 from vgt import io as vio
 from vgt.data.sources import FORMAT_SUFFIXES, detect_format, shard_stem
 
+class InputError(ValueError):
+    """A malformed --input argument (bad tag, unknown file type)."""
+
+
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 _SUFFIXES = tuple(s for suffixes in FORMAT_SUFFIXES.values() for s in suffixes)
 
@@ -23,7 +27,7 @@ def parse_input(arg: str) -> tuple[str | None, str]:
     head, sep, tail = arg.partition("=")
     if sep and "://" not in head and "/" not in head:
         if not _TAG.match(head):
-            raise ValueError(f"source tag {head!r} must match {_TAG.pattern}")
+            raise InputError(f"source tag {head!r} must match {_TAG.pattern}")
         return head, tail
     return None, arg
 
@@ -72,8 +76,12 @@ def plan_parts(inputs: list[str]) -> list[dict]:
             shard = _safe(stem)
             if stems.count(stem) > 1:  # same file name in two folders: keep both, distinguishably
                 shard += "-" + hashlib.sha1(uri.encode()).hexdigest()[:8]
+            try:
+                fmt = detect_format(uri)
+            except ValueError as e:
+                raise InputError(str(e)) from None
             parts.append({"name": f"part-{source}-{shard}", "source": source, "shard": shard,
-                          "input": uri, "format": detect_format(uri)})
+                          "input": uri, "format": fmt})
     return sorted(parts, key=lambda p: p["name"])
 
 

@@ -22,7 +22,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vgt import io as vio
-from vgt.artifacts import ArtifactError
 
 FORMAT_VERSION = 1
 KIND = "prepared_dataset"
@@ -70,18 +69,20 @@ def manifest_uri(dataset: str) -> str:
     return vio.join(dataset, MANIFEST)
 
 
-def read_manifest(dataset: str) -> dict | None:
-    """The manifest of `dataset`, or None when there is none; a foreign one is an ArtifactError."""
-    uri = manifest_uri(dataset)
-    if not vio.exists(uri):
-        return None
-    manifest = vio.read_json(uri)
+def part_files(folder: str) -> set[str]:
+    """Names of the part files directly in `folder` (empty when it does not exist)."""
+    names = (uri.rstrip("/").rsplit("/", 1)[-1] for uri in vio.ls(folder))
+    return {n for n in names if n.startswith(PART_PREFIX) and n.endswith(PART_SUFFIX)}
+
+
+def manifest_problem(manifest: dict) -> str | None:
+    """Why `manifest` is not one this vgt reads (None when it is)."""
     if manifest.get("kind") != KIND:
-        raise ArtifactError(f"{uri!r} is not a vgt prepared-dataset manifest")
+        return "is not a vgt prepared-dataset manifest"
     if manifest.get("format_version") != FORMAT_VERSION:
-        raise ArtifactError(f"{uri!r} has format version {manifest.get('format_version')!r}; this vgt "
-                            f"reads version {FORMAT_VERSION}. Rerun `vgt prep --overwrite`.")
-    return manifest
+        return (f"has format version {manifest.get('format_version')!r}; this vgt reads version "
+                f"{FORMAT_VERSION}. Rerun `vgt prep --overwrite`.")
+    return None
 
 
 def write_manifest(dataset: str, manifest: dict) -> None:

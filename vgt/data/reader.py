@@ -18,6 +18,7 @@ from typing import Iterable, Iterator
 import numpy as np
 import pyarrow as pa
 
+from vgt import io as vio
 from vgt.artifacts import ArtifactError
 
 from . import layout
@@ -39,10 +40,22 @@ class Part:
     source: str
 
 
+def load_manifest(dataset: str) -> dict | None:
+    """The checked manifest of `dataset`, or None when it has none (ArtifactError if foreign)."""
+    uri = layout.manifest_uri(dataset)
+    if not vio.exists(uri):
+        return None
+    manifest = vio.read_json(uri)
+    problem = layout.manifest_problem(manifest)
+    if problem:
+        raise ArtifactError(f"{uri!r} {problem}")
+    return manifest
+
+
 class PreparedDataset:
     def __init__(self, uri: str, allow_incomplete: bool = False):
         self.uri = uri
-        manifest = layout.read_manifest(uri)
+        manifest = load_manifest(uri)
         if manifest is None:
             raise FileNotFoundError(f"{layout.manifest_uri(uri)!r} not found: is {uri!r} a `vgt prep` output?")
         self.manifest = manifest

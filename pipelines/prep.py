@@ -1,0 +1,136 @@
+"""`vgt prep` as a Ray Data program: raw image-text files -> a prepared dataset.
+
+Each input file becomes one output part, built by one Ray Data task (`pipelines.prep_part`), so
+parts map deterministically to inputs, are written atomically, and a rerun redoes only the parts
+whose manifest entry is not complete (or whose files are gone). The driver streams the finished
+parts' stats back, keeps `manifest.json` current, and prints a summary table at the end.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import time
+
+from vgt import io as vio
+from vgt.artifacts import ArtifactError
+from vgt.config import DataConfig, VGTConfig, to_dict
+from vgt.data import layout
+from vgt.data.reader import load_manifest
+from vgt.data.summary import by_source, format_summary, totals
+from vgt.provenance import collect_provenance
+
+from .prep_part import build_part_row
+from .prep_plan import plan_parts
+
+log = logging.getLogger(__name__)
+MANIFEST_EVERY_S = 5.0  # rewrite manifest.json at most this often while parts finish (and at the end)
+
+
+def run_prep(inputs: list[str], output: str, cfg: VGTConfig, overwrite: bool = False,
+             concurrency: int | None = None) -> dict:
+    """Prepare `inputs` ([TAG=]URI ...) into `output`; returns the final manifest."""
+    started = time.time()
+    plan = plan_parts(inputs)
+    manifest, todo = start_manifest(output, plan, cfg, overwrite)
+    layout.write_manifest(output, manifest)
+    log.info("prep: %d part(s) to build, %d already complete", len(todo), len(plan) - len(todo))
+    built, last_write = [], time.time()
+    for stats in _build_parts(todo, cfg.data, output, concurrency):
+        manifest["parts"][stats["part"]] = stats
+        (manifest.get("latents") or {}).get("parts", {}).pop(layout.part_file(stats["part"]), None)
+        built.append(stats)
+        log.info("[%d/%d] %s: %d kept, %d rejected (%.1f s)", len(built), len(todo), stats["part"],
+                 stats["rows_out"], stats["rejected"], stats["seconds"])
+        if time.time() - last_write > MANIFEST_EVERY_S:
+            layout.write_manifest(output, _with_totals(manifest))
+            last_write = time.time()
+    manifest["runs"].append({
+        "started": started, "duration_s": round(time.time() - started, 3),
+        "parts_built": [s["part"] for s in built], "parts_skipped": len(plan) - len(todo),
+        "rows_in": sum(s["rows_in"] for s in built)})
+    manifest["duration_s"] = manifest["runs"][-1]["duration_s"]
+    layout.write_manifest(output, _with_totals(manifest))
+    print(format_summary(manifest), flush=True)
+    return manifest
+
+
+def start_manifest(output: str, plan: list[dict], cfg: VGTConfig, overwrite: bool) -> tuple[dict, list[dict]]:
+    """(manifest to continue, parts to build): checks an existing output against this run."""
+    old = load_manifest(output)
+    if overwrite:
+        remove_dataset(output)
+        old = None
+    elif old is None and layout.part_files(output):
+        raise ArtifactError(f"{output!r} holds part files but no {layout.MANIFEST}; pass --overwrite to replace them")
+    data_cfg = to_dict(cfg.data)
+    if old is not None:
+        _check_compatible(output, old, plan, data_cfg)
+    present = layout.part_files(output) & layout.part_files(vio.join(output, layout.REJECTS_DIR))
+    parts, todo = {}, []
+    for spec in plan:
+        entry = (old or {}).get("parts", {}).get(spec["name"])
+        if entry and entry.get("complete") and layout.part_file(spec["name"]) in present:
+            parts[spec["name"]] = entry
+        else:
+            parts[spec["name"]] = {**spec, "complete": False}
+            todo.append(spec)
+    manifest = {
+        "kind": layout.KIND, "format_version": layout.FORMAT_VERSION, "preset": cfg.name,
+        "config": {"data": data_cfg}, "parts": parts, "runs": (old or {}).get("runs", []),
+        "latents": (old or {}).get("latents"),
+        "provenance": collect_provenance(config=to_dict(cfg), command="prep",
+                                         inputs=[spec["input"] for spec in plan]),
+    }
+    return _with_totals(manifest), todo
+
+
+def remove_dataset(output: str) -> None:
+    """Delete what prep/prep-latents wrote in `output` (parts, rejects, manifest); nothing else."""
+    for name in layout.part_files(output):
+        vio.rm(vio.join(output, name))
+    vio.rm(vio.join(output, layout.REJECTS_DIR), recursive=True)
+    vio.rm(layout.manifest_uri(output))
+
+
+def _check_compatible(output: str, old: dict, plan: list[dict], data_cfg: dict) -> None:
+    if old["config"]["data"] != data_cfg:
+        changed = sorted(k for k in data_cfg if old["config"]["data"].get(k) != data_cfg[k])
+        raise ArtifactError(f"{output!r} was prepared with another data config (differs in {changed}); "
+                            "pass --overwrite to rebuild it")
+    planned = {spec["name"]: spec["input"] for spec in plan}
+    stale = [f"{name} ({entry['input']})" for name, entry in old["parts"].items()
+             if planned.get(name) != entry["input"]]
+    if stale:
+        raise ArtifactError(f"{output!r} holds parts for inputs not given now: {', '.join(stale[:5])}"
+                            f"{' ...' if len(stale) > 5 else ''}; give the same inputs (new ones may be "
+                            "added) or pass --overwrite")
+
+
+def _with_totals(manifest: dict) -> dict:
+    entries = list(manifest["parts"].values())
+    manifest["counts"] = totals(entries)
+    manifest["sources"] = by_source(manifest["parts"])
+    manifest["shard_errors"] = [{"part": e["part"], **err} for e in entries if e.get("complete")
+                                for err in e["shard_errors"]]
+    return manifest
+
+
+def _build_parts(todo: list[dict], data_cfg: DataConfig, output: str, concurrency: int | None):
+    """Yield each part's stats as its Ray Data task finishes (completion order)."""
+    if not todo:
+        return
+    import ray
+
+    ds = ray.data.from_items(
+        todo,
+        # One block per input file, so every part is its own task and parts run in parallel.
+        override_num_blocks=len(todo))
+    ds = ds.map(
+        build_part_row,
+        fn_kwargs={"data_cfg": to_dict(data_cfg), "output": output},
+        # A part is single-threaded PIL + parquet work: one CPU per task.
+        num_cpus=1,
+        # Cap on parts built at once (None: as many as the cluster's CPUs allow).
+        concurrency=concurrency)
+    for row in ds.iter_rows():
+        yield json.loads(row["stats"])

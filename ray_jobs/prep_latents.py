@@ -1,0 +1,55 @@
+"""Add AE latents to a prepared dataset (Ray Data actor pool), e.g.
+
+  vgt prep-latents --data s3://data/prepared --ae runs/ae/export
+
+Each row's image is centre-cropped to the dataset's resolution and encoded; the result is stored
+as `latent` (float16 bytes) + `latent_shape` ([32, h, w]) columns, and the AE fingerprint goes into
+manifest.json so that AR training refuses latents of another AE. Rerunning encodes only the parts
+that lack latents; latents of a different AE are replaced only with --overwrite.
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", required=True, metavar="URI", help="prepared dataset (vgt prep output)")
+    parser.add_argument("--ae", required=True, metavar="AE_DIR", help="AE folder (config.json + model.safetensors)")
+    parser.add_argument("--output", default=None, metavar="URI",
+                        help="write a new dataset here (parts with latents, manifest, rejects); default: in place")
+    parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per AE forward pass")
+    parser.add_argument("--concurrency", type=int, default=1, metavar="N",
+                        help="AE actors (each holds one AE copy and encodes whole parts)")
+    parser.add_argument("--num-gpus", type=float, default=None, metavar="G",
+                        help="GPUs per actor (default: 1 when the cluster has GPUs, else 0)")
+    parser.add_argument("--num-cpus", type=float, default=1, metavar="C",
+                        help="CPUs per actor (image decoding; torch threads on CPU)")
+    parser.add_argument("--bf16", action="store_true", help="bf16 autocast for the encoder on GPU (stored as fp16)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="recompute every part (needed to replace latents of another AE)")
+    parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else local)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from ray_jobs._entry import UserError
+
+    for flag in ("batch_size", "concurrency"):
+        if getattr(args, flag) < 1:
+            raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
+    import ray
+
+    from pipelines.latents import run_prep_latents
+
+    if not ray.is_initialized():
+        ray.init(address=args.address)
+    run_prep_latents(args.data, args.ae, args.output, batch_size=args.batch_size, concurrency=args.concurrency,
+                     num_gpus=args.num_gpus, num_cpus=args.num_cpus, bf16=args.bf16, overwrite=args.overwrite)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from ray_jobs._entry import main_for
+
+    raise SystemExit(main_for(sys.modules[__name__]))
