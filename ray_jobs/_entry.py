@@ -37,6 +37,7 @@ def execute(module: ModuleType, args: argparse.Namespace) -> int:
 
 def main_for(module: ModuleType, argv: list[str] | None = None) -> int:
     """`python -m ray_jobs.X` entry: same flags as `vgt X`."""
-    name = module.__name__.rsplit(".", 1)[-1]
+    spec = getattr(module, "__spec__", None)  # under `python -m`, __name__ is "__main__"
+    name = (spec.name if spec else module.__name__).rsplit(".", 1)[-1]
     args = build_parser(module, f"python -m ray_jobs.{name}").parse_args(argv)
     return execute(module, args)

@@ -12,6 +12,8 @@ from vgt.config import apply_overrides
 from vgt.convert.reference import map_reference_ae
 from vgt.presets import get_preset
 
+from reference_layouts import reference_ae_layout
+
 KEYS = json.loads((Path(__file__).parent / "data" / "reference_ae_keys.json").read_text())
 
 
@@ -79,35 +81,13 @@ def test_split_qkv_reproduces_the_fused_reference_attention():
     torch.testing.assert_close(layer(x)[0], expected, atol=1e-5, rtol=1e-5)
 
 
-def reference_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Our tiny InternVL AE state dict written back in the reference's names (test helper)."""
-    out = {}
-    for key, t in state.items():
-        k = key.replace("encoder.vision_tower.", "encoder.").replace("encoder.encoder.layer.", "encoder.encoder.layers.")
-        for ours, theirs in [("embeddings.cls_token", "embeddings.class_embedding"),
-                             ("embeddings.patch_embeddings.projection", "embeddings.patch_embedding"),
-                             ("embeddings.position_embeddings", "embeddings.position_embedding"),
-                             ("attention.projection_layer", "attn.proj"), ("layernorm_before", "norm1"),
-                             ("layernorm_after", "norm2"), ("lambda_1", "ls1"), ("lambda_2", "ls2"),
-                             ("encoder.projector.layer_norm", "mlp1.0"), ("encoder.projector.linear_1", "mlp1.1"),
-                             ("encoder.projector.linear_2", "mlp1.3")]:
-            k = k.replace(ours, theirs)
-        out[k] = t
-    for key in [k for k in out if ".attention.q_proj." in k]:
-        suffix = key.rsplit(".", 1)[1]
-        stem = key.split(".attention.q_proj.")[0]
-        parts = [out.pop(f"{stem}.attention.{p}_proj.{suffix}") for p in "qkv"]
-        out[f"{stem}.attn.qkv.{suffix}"] = torch.cat(parts)
-    return out
-
-
 def test_cli_converts_a_reference_file_into_an_equivalent_ae(tmp_path):
     from vgt.ae import VGTAutoencoder
 
     torch.manual_seed(0)
     cfg = get_preset("tiny")
     ae = VGTAutoencoder(cfg.ae).eval()
-    ref = reference_layout(ae.state_dict())
+    ref = reference_ae_layout(ae.state_dict())
     ref.update({f"teacher.{k}": v for k, v in ref.items() if k.startswith("encoder.")})
     torch.save({"model": ref}, tmp_path / "vgt_ae_internvl3.pth")
 
@@ -123,7 +103,7 @@ def test_cli_converts_a_reference_file_into_an_equivalent_ae(tmp_path):
 def test_cli_refuses_checkpoints_with_unplaced_keys(tmp_path, capsys):
     from vgt.ae import VGTAutoencoder
 
-    ref = reference_layout(VGTAutoencoder(get_preset("tiny").ae).state_dict())
+    ref = reference_ae_layout(VGTAutoencoder(get_preset("tiny").ae).state_dict())
     ref["encoder.encoder.layers.0.attn.mystery"] = torch.zeros(3)
     del ref["down_mlp.3.bias"]
     torch.save(ref, tmp_path / "bad.pth")
