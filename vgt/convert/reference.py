@@ -140,13 +140,19 @@ def convert_reference_ae(ref: dict[str, torch.Tensor], ae_config) -> tuple[objec
     from vgt.ae import VGTAutoencoder
 
     ae = VGTAutoencoder(ae_config)
-    target = ae.state_dict()
-    mapped, report = map_reference_ae(ref, ae_config.backbone.family, set(target))
-    bad_shapes = [f"{k}: reference {tuple(v.shape)} vs ours {tuple(target[k].shape)}"
-                  for k, v in mapped.items() if v.shape != target[k].shape]
-    if bad_shapes:
-        raise ValueError("shape mismatch (wrong preset for this checkpoint?):\n  " + "\n  ".join(bad_shapes))
-    if not report.ok:
-        raise ValueError("reference AE does not match the preset:\n" + report.summary())
-    ae.load_state_dict({k: v.float() for k, v in mapped.items()})
+    mapped, report = map_reference_ae(ref, ae_config.backbone.family, set(ae.state_dict()))
+    load_mapped(ae, mapped, report, "reference AE")
     return ae.eval(), report
+
+
+def load_mapped(module: torch.nn.Module, mapped: dict[str, torch.Tensor], report: ConversionReport,
+                what: str) -> None:
+    """Load converted weights (as fp32) into `module`, refusing any gap or shape mismatch."""
+    target = module.state_dict()
+    bad = [f"{k}: reference {tuple(v.shape)} vs ours {tuple(target[k].shape)}"
+           for k, v in mapped.items() if v.shape != target[k].shape]
+    if bad:
+        raise ValueError(f"{what}: shape mismatch (wrong preset or base model?):\n  " + "\n  ".join(bad))
+    if not report.ok:
+        raise ValueError(f"{what} does not match the model:\n" + report.summary())
+    module.load_state_dict({k: v.float() for k, v in mapped.items()})

@@ -22,7 +22,7 @@ import re
 
 import torch
 
-from vgt.convert.reference import ConversionReport
+from vgt.convert.reference import ConversionReport, load_mapped
 
 _LLM_PREFIXES = ("lmm.language_model.model.", "lmm.model.language_model.", "lmm.language_model.")
 _RENAMES = {
@@ -119,14 +119,7 @@ def convert_reference_ar(ref: dict[str, torch.Tensor], config, tokenizer, ae):
 
     config.ar.llm_num_layers = checkpoint_llm_layers(ref)
     model = VGTModel(config.ar, latent_dim=config.ae.latent_channels, tokenizer=tokenizer)
-    target = model.state_dict()
-    mapped, report = map_reference_ar(ref, set(target))
-    bad = [f"{k}: reference {tuple(v.shape)} vs ours {tuple(target[k].shape)}"
-           for k, v in mapped.items() if v.shape != target[k].shape]
-    if bad:
-        raise ValueError("shape mismatch (wrong base model for this checkpoint?):\n  " + "\n  ".join(bad))
-    if not report.ok:
-        raise ValueError("reference AR checkpoint does not match the model:\n" + report.summary())
-    model.load_state_dict({k: v.float() for k, v in mapped.items()})
+    mapped, report = map_reference_ar(ref, set(model.state_dict()))
+    load_mapped(model, mapped, report, "reference AR checkpoint")
     return VGTPipeline(config, model.eval(), ae.eval(), tokenizer), report
 
