@@ -28,7 +28,7 @@ from vgt.config import ARConfig, from_dict, to_dict
 
 from .flow import flow_loss
 from .flow_head import FlowHead
-from .prompts import format_prompts, marker_ids, tokenize
+from .prompts import format_prompts, load_tokenizer_folder, marker_ids, sibling_tokenizer, tokenize
 from .queries import PositionQueries, token_order
 
 KIND = "ar"
@@ -188,7 +188,11 @@ class VGTModel(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str, tokenizer=None) -> "VGTModel":
+        """Load an AR folder. Without `tokenizer`: the enclosing pipeline folder's `tokenizer/` if
+        there is one, else the tokenizer the config names."""
         config, state_dict, fp = load_component(folder, kind=KIND)
+        if tokenizer is None and (saved := sibling_tokenizer(folder)) is not None:
+            tokenizer = load_tokenizer_folder(saved)
         model = cls(from_dict(ARConfig, config["ar"]), latent_dim=config["latent_dim"], tokenizer=tokenizer)
         try:
             model.load_state_dict(state_dict)

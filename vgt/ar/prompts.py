@@ -6,7 +6,15 @@ truncated to `max_prompt_tokens`; the `<img>` marker is appended by the model af
 """
 from __future__ import annotations
 
+import posixpath
+import tempfile
+
 import torch
+
+from vgt import io as vio
+from vgt.artifacts import ArtifactError
+
+TOKENIZER_DIR = "tokenizer"  # the tokenizer component of a pipeline folder
 
 
 def format_prompts(captions: list[str], template: str, uncond_prompt: str,
@@ -36,3 +44,19 @@ def marker_ids(tokenizer, marker: str) -> list[int]:
     if not ids:
         raise ValueError(f"image start marker {marker!r} tokenizes to nothing")
     return list(ids)
+
+
+def load_tokenizer_folder(folder: str):
+    """A tokenizer folder written by `save_pretrained` (local or s3://), right padding."""
+    from transformers import AutoTokenizer
+
+    if not vio.exists(folder):
+        raise ArtifactError(f"tokenizer folder {folder!r} is missing")
+    with tempfile.TemporaryDirectory(prefix="vgt-tokenizer-") as tmp:
+        return AutoTokenizer.from_pretrained(vio.local_copy(folder, tmp), padding_side="right")
+
+
+def sibling_tokenizer(component_folder: str) -> str | None:
+    """The `tokenizer/` next to a component inside a pipeline folder, if there is one."""
+    folder = posixpath.join(posixpath.dirname(str(component_folder).rstrip("/")), TOKENIZER_DIR)
+    return folder if vio.exists(folder) else None

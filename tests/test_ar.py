@@ -1,0 +1,319 @@
+"""VGT-AR model pieces: flow head, flow matching, queries, schedules, the training forward.
+
+Helpers here (`build_model`, `PROMPTS`) are shared with test_ar_sampling.py and test_pipeline.py.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from vgt.ar import flow
+from vgt.ar.flow_head import FlowHead, timestep_features
+from vgt.ar.model import VGTModel, tokens_of
+from vgt.ar.prompts import format_prompts
+from vgt.ar.queries import PositionQueries, group_sizes, token_order
+from vgt.presets import get_preset
+
+PRESETS = ["tiny", "tiny-qwen"]
+# different lengths, so batches are padded
+PROMPTS = ["a red apple", "a small dog running across a green field under a blue sky", "two cats"]
+
+
+def randomize_head(head: torch.nn.Module, seed: int = 1, std: float = 0.1) -> None:
+    """Perturb every head weight: the zero-initialised output would make conditions irrelevant."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in head.parameters():
+            p.add_(torch.randn(p.shape, generator=g) * std)
+
+
+def build_model(preset: str, overrides: list[str] | None = None, seed: int = 0, random_head: bool = True):
+    cfg = get_preset(preset, overrides)
+    torch.manual_seed(seed)
+    model = VGTModel(cfg.ar, cfg.ae.latent_channels).eval()
+    if random_head:
+        randomize_head(model.head, seed + 1)
+    return model
+
+
+def random_latents(n: int, seed: int = 0, grid: int = 4) -> torch.Tensor:
+    z = torch.randn(n, grid, grid, 32, generator=torch.Generator().manual_seed(seed))
+    return torch.nn.functional.layer_norm(z, (32,), eps=1e-6).permute(0, 3, 1, 2)
+
+
+@pytest.fixture(autouse=True)
+def single_thread():
+    """Tiny models run fastest on one thread, and intra-op threads thrash on a shared 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module", params=PRESETS)
+def model(request):
+    return build_model(request.param)
+
+
+# -- flow head ---------------------------------------------------------------------------------
+
+def test_time_features_are_cos_then_sin_of_raw_t():
+    f = timestep_features(torch.tensor([0.0, 0.5]))
+    assert f.shape == (2, 256)
+    assert torch.equal(f[0, :128], torch.ones(128)) and torch.equal(f[0, 128:], torch.zeros(128))
+    for k in (0, 1, 64, 127):
+        freq = math.exp(-math.log(10000.0) * k / 128)
+        assert f[1, k].item() == pytest.approx(math.cos(0.5 * freq), abs=1e-7)
+        assert f[1, 128 + k].item() == pytest.approx(math.sin(0.5 * freq), abs=1e-7)
+
+
+def test_zero_initialised_head_predicts_zero():
+    head = FlowHead(32, 48, width=64, depth=3)
+    v = head(torch.randn(5, 32), torch.rand(5), torch.randn(5, 48))
+    assert torch.equal(v, torch.zeros(5, 32))
+
+
+def test_real_preset_head_has_about_150m_parameters():
+    cfg = get_preset("tiny").ar.head.__class__()  # FlowHeadConfig defaults = the real presets' head
+    w, depth, d = cfg.width, cfg.depth, 1536  # InternVL3-2B's LLM width
+    with torch.device("meta"):
+        head = FlowHead(32, d, cfg.width, cfg.depth)
+    n = sum(p.numel() for p in head.parameters())
+    block = 2 * w + 2 * (w * w + w) + (3 * w * w + 3 * w)  # in_ln, mlp, adaLN
+    embeds = (256 * w + w + w * w + w) + (d * w + w) + (32 * w + w)  # time MLP, cond, input
+    final = (2 * w * w + 2 * w) + (32 * w + 32)
+    assert n == depth * block + embeds + final
+    assert 145e6 < n < 155e6, n
+
+
+def test_repa_projector_reads_block_depth_half():
+    head = FlowHead(32, 16, width=24, depth=4, repa_dim=8)
+    randomize_head(head)
+    x, t, c = torch.randn(3, 32), torch.rand(3), torch.randn(3, 16)
+    v, feats = head(x, t, c, return_repa=True)
+    y = head.time_embed(t) + head.cond_embed(c)
+    h = head.input_proj(x)
+    for block in head.res_blocks[:2]:
+        h = block(h, y)
+    assert torch.equal(feats, head.repa_projector(h)) and torch.equal(v, head(x, t, c))
+
+
+# -- flow matching -----------------------------------------------------------------------------
+
+def test_time_shift_and_timesteps_hand_computed():
+    t = flow.time_shift(torch.tensor([0.0, 0.5, 1.0]), 1.4)
+    assert torch.allclose(t, torch.tensor([1.0, 1 - 0.7 / 1.2, 0.0]), atol=1e-7)
+    s = torch.randn(6, generator=torch.Generator().manual_seed(3))
+    expect = 1 - 1.4 * torch.sigmoid(s) / (1 + 0.4 * torch.sigmoid(s))
+    assert torch.equal(flow.sample_timesteps(6, torch.Generator().manual_seed(3), 1.4), expect)
+    assert torch.equal(flow.sample_timesteps(6, torch.Generator().manual_seed(3)), torch.sigmoid(s))
+
+
+def test_flow_loss_is_velocity_mse_with_noise_at_t0():
+    seen = {}
+
+    def head(x_t, t, c, return_repa=False):
+        seen.update(x_t=x_t, t=t)
+        return c[:, :4] * 0.5
+
+    x1, c = torch.randn(5, 4), torch.randn(5, 4)
+    loss, _ = flow.flow_loss(head, x1, c, torch.Generator().manual_seed(7))
+    g = torch.Generator().manual_seed(7)
+    t = torch.sigmoid(torch.randn(5, generator=g))
+    eps = torch.randn(5, 4, generator=g)
+    assert torch.equal(seen["t"], t)
+    assert torch.allclose(seen["x_t"], t[:, None] * x1 + (1 - t[:, None]) * eps, atol=1e-7)
+    assert loss.item() == pytest.approx(((c * 0.5 - (x1 - eps)) ** 2).mean().item(), rel=1e-6)
+
+
+def exact_velocity(target):
+    """The true velocity field of a point mass at `target`: (x1 - x) / (1 - t)."""
+    def head(x, t, c, return_repa=False):
+        return (target - x) / (1 - t[:, None])
+    return head
+
+
+@pytest.mark.parametrize("method", ["sde", "ode"])
+def test_samplers_reach_a_point_mass_exactly(method):
+    target = torch.randn(6, 32)
+    g = torch.Generator().manual_seed(0)
+    x = flow.sample_tokens(exact_velocity(target), torch.zeros(6, 8), lambda: torch.randn(6, 32, generator=g),
+                           num_steps=5, method=method)
+    assert torch.allclose(x, target, atol=1e-5)
+
+
+def test_sde_sampler_matches_the_reference_update():
+    head = FlowHead(32, 8, width=16, depth=1)
+    randomize_head(head)
+    cond = torch.randn(3, 8)
+    noises = [torch.randn(3, 32, generator=torch.Generator().manual_seed(i)) for i in range(5)]
+    it = iter(noises)
+    x = flow.sample_tokens(head, cond, lambda: next(it), num_steps=5, method="sde")
+    ref, grid = noises[0], torch.linspace(0, 0.96, 5)
+    for i in range(4):  # score form of the reference: drift = v + (1 - t) * (t v - x) / (1 - t)
+        t, dt = grid[i], grid[i + 1] - grid[i]
+        v = head(ref, t.expand(3), cond)
+        score = (t * v - ref) / (1 - t)
+        ref = ref + (v + (1 - t) * score) * dt + torch.sqrt(2 * (1 - t)) * torch.sqrt(dt) * noises[i + 1]
+    ref = ref + head(ref, grid[-1].expand(3), cond) * 0.04
+    assert torch.allclose(x, ref, atol=1e-5, rtol=1e-5)
+
+
+def test_cfg_scale_one_equals_unguided_head_path():
+    head = FlowHead(32, 8, width=16, depth=2)
+    randomize_head(head)
+    cond, uncond = torch.randn(4, 8), torch.randn(4, 8)
+
+    def run(**kw):
+        g = torch.Generator().manual_seed(5)
+        return flow.sample_tokens(head, cond, lambda: torch.randn(4, 32, generator=g), num_steps=4, **kw)
+
+    plain = run()
+    assert torch.allclose(run(uncond=uncond, scale=1.0), plain, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(run(uncond=uncond, scale=3.0), plain, atol=1e-2)
+
+
+def test_guidance_schedules_hand_computed():
+    linear = [flow.guidance_at("linear", 4.5, g, 4) for g in range(4)]
+    assert linear == pytest.approx([4.5, 1 + 3.5 * 3 / 4, 1 + 3.5 * 2 / 4, 1 + 3.5 / 4])
+    assert [flow.guidance_at("constant", 4.5, g, 4) for g in range(4)] == [4.5] * 4
+    with pytest.raises(ValueError, match="cfg schedule"):
+        flow.guidance_at("cosine", 4.5, 0, 4)
+
+
+# -- queries and orders ------------------------------------------------------------------------
+
+def test_queries_are_centre_crops_in_raster_order():
+    q = PositionQueries(dim=6, max_grid=8)
+    queries, pos = q(4, 2)
+    assert queries.shape == pos.shape == (8, 6)
+    assert torch.equal(pos[3], q.pos_map[0, :, 2 + 1, 3 + 1])  # row 1, col 1 of the crop
+    assert torch.equal(queries, q.query_map[0, :, 2:6, 3:5].flatten(1).T + pos)
+    with pytest.raises(ValueError, match="outside the learned"):
+        q(9, 4)
+
+
+def test_group_sizes_and_orders():
+    assert group_sizes(16, 5) == [6, 5, 5]
+    assert group_sizes(16, 1) == [1] * 16 and group_sizes(16, 16) == [16]
+    with pytest.raises(ValueError, match="parallel_tokens"):
+        group_sizes(16, 17)
+    assert torch.equal(token_order(5, "raster"), torch.arange(5))
+    a = token_order(16, "random", torch.Generator().manual_seed(1))
+    assert torch.equal(a, token_order(16, "random", torch.Generator().manual_seed(1)))
+    assert torch.equal(a.sort().values, torch.arange(16))
+
+
+def test_prompts_use_template_and_cfg_prompt():
+    texts = format_prompts(["a {b} cat", "dog"], "U: {caption}!", "U: none", torch.tensor([False, True]))
+    assert texts == ["U: a {b} cat!", "U: none"]
+
+
+# -- training forward --------------------------------------------------------------------------
+
+def test_no_leak_condition_sees_only_earlier_tokens(model):
+    lat, orders = random_latents(2), torch.stack([torch.randperm(16, generator=torch.Generator().manual_seed(i))
+                                                   for i in range(2)])
+    embeds, mask = model.embed_prompts(model.prompt_texts(PROMPTS[:2]))
+    with torch.no_grad():
+        base = model.training_conditions(embeds, mask, tokens_of(lat), (4, 4), orders)
+        k_step = 5
+        changed = lat.clone()
+        for row in range(2):  # change the latent of the token generated at step 5
+            k = orders[row, k_step]
+            changed[row, :, k // 4, k % 4] += 1.0
+        after = model.training_conditions(embeds, mask, tokens_of(changed), (4, 4), orders)
+    for row in range(2):
+        upto, later = orders[row, :k_step + 1], orders[row, k_step + 1:]
+        assert torch.allclose(after[row, upto], base[row, upto], atol=1e-6)
+        assert (after[row, later] - base[row, later]).abs().amax(-1).min() > 1e-4
+
+
+def test_forward_randomness_comes_from_the_generator(model):
+    lat = random_latents(3)
+
+    def loss(seed):
+        return model(PROMPTS, latents=lat, generator=torch.Generator().manual_seed(seed))["loss"]
+
+    with torch.no_grad():
+        assert torch.equal(loss(0), loss(0)) and not torch.equal(loss(0), loss(1))
+
+
+def test_orders_per_sample_or_shared():
+    model = build_model("tiny")
+    per = model.sample_orders(3, 16, torch.Generator().manual_seed(0))
+    assert not torch.equal(per[0], per[1])
+    model.config.per_sample_order = False
+    shared = model.sample_orders(3, 16, torch.Generator().manual_seed(0))
+    assert torch.equal(shared[0], shared[2]) and torch.equal(shared[0].sort().values, torch.arange(16))
+
+
+def test_cfg_dropout_replaces_every_caption_at_rate_one():
+    model = build_model("tiny", ["ar.cfg_dropout=1.0"])
+    lat = random_latents(2)
+    with torch.no_grad():
+        a = model(["a red apple", "two cats"], latents=lat, generator=torch.Generator().manual_seed(0))
+        b = model(["something else", "x"], latents=lat, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a["loss"], b["loss"])
+
+
+class FakeAE(torch.nn.Module):
+    """Stands in for VGTAutoencoder.encode: a fixed linear map of 28x28 patches to 32 channels."""
+
+    def __init__(self):
+        super().__init__()
+        self.config = type("C", (), {"latent_channels": 32})()
+        self.proj = torch.nn.Conv2d(3, 32, 28, stride=28)
+
+    def encode(self, pixels):
+        return torch.nn.functional.layer_norm(self.proj(pixels).permute(0, 2, 3, 1), (32,)).permute(0, 3, 1, 2)
+
+
+def test_pixels_are_encoded_by_the_attached_frozen_ae():
+    model = build_model("tiny")
+    ae = FakeAE()
+    model.attach_autoencoder(ae)
+    assert not ae.training and not any(p.requires_grad for p in ae.parameters())
+    assert not any(k.startswith("ae.") or "proj.weight" == k for k in model.state_dict())
+    pixels = torch.rand(2, 3, 112, 112) * 2 - 1
+    with torch.no_grad():
+        a = model(PROMPTS[:2], pixels=pixels, generator=torch.Generator().manual_seed(0))
+        b = model(PROMPTS[:2], latents=ae.encode(pixels), generator=torch.Generator().manual_seed(0))
+    assert torch.equal(a["loss"], b["loss"])
+
+
+def test_llm_num_layers_keeps_the_first_layers():
+    full, cut = build_model("tiny-qwen"), build_model("tiny-qwen", ["ar.llm_num_layers=1"])
+    assert len(full.llm.model.layers) == 2 and len(cut.llm.model.layers) == 1
+    assert not any(".layers.1." in k for k in cut.state_dict())
+    cut_sd, full_sd = cut.state_dict(), full.state_dict()
+    assert set(cut_sd) == {k for k in full_sd if ".layers.1." not in k}
+    for k in cut_sd:  # same seed -> the kept layer is the same first layer
+        assert torch.equal(cut_sd[k], full_sd[k]), k
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_repa_gradient_reaches_the_llm_only_with_weight(preset):
+    lat, feats = random_latents(2), torch.randn(2, 16, 8)
+
+    def llm_grads(weight: float, term: str):
+        model = build_model(preset, ["ar.head.repa_dim=8", f"ar.repa_weight={weight}"])
+        out = model(PROMPTS[:2], latents=lat, generator=torch.Generator().manual_seed(0), teacher_features=feats)
+        out[term].backward()
+        return out, torch.cat([p.grad.flatten() for p in model.llm.parameters() if p.grad is not None])
+
+    out0, total0 = llm_grads(0.0, "loss")
+    _, flow_only = llm_grads(0.0, "flow_loss")
+    assert "repa_loss" not in out0 and torch.equal(total0, flow_only)
+    out5, repa_grad = llm_grads(0.5, "repa_loss")
+    assert repa_grad.abs().max() > 0
+    assert out5["loss"].item() == pytest.approx(out5["flow_loss"].item() + 0.5 * out5["repa_loss"].item(), rel=1e-6)
+    _, total5 = llm_grads(0.5, "loss")
+    assert not torch.allclose(total5, flow_only)
+
+
+def test_repa_weight_without_projector_is_a_config_error():
+    with pytest.raises(ValueError, match="repa_dim"):
+        build_model("tiny", ["ar.repa_weight=0.5"])

@@ -1,0 +1,167 @@
+"""`VGTPipeline`: tokenizer + AR generator + autoencoder for local text-to-image generation.
+
+Folder layout (diffusers-style, local or s3://):
+
+    model_index.json   {"format_version", "class": "VGTPipeline", "config": <VGTConfig dict>,
+                        "components": {"tokenizer": "tokenizer", "ar": "ar", "ae": "ae"}, "fingerprints"}
+    tokenizer/         the tokenizer's own save_pretrained files
+    ar/                config.json + model.safetensors (VGTModel, no AE inside)
+    ae/                config.json + model.safetensors (VGTAutoencoder)
+
+`__call__` = `sample_latents` (AR side) + `decode` (AE side); serving runs the two on different replicas.
+"""
+from __future__ import annotations
+
+import secrets
+import tempfile
+
+import torch
+import torch.nn.functional as F
+
+from vgt import io as vio
+from vgt.artifacts import FORMAT_VERSION, ArtifactError
+from vgt.ar.prompts import TOKENIZER_DIR, load_tokenizer_folder
+from vgt.config import VGTConfig, from_dict, to_dict
+
+INDEX_FILE = "model_index.json"
+COMPONENTS = {"tokenizer": TOKENIZER_DIR, "ar": "ar", "ae": "ae"}
+
+
+class VGTPipeline:
+    def __init__(self, config: VGTConfig, model, autoencoder, tokenizer):
+        self.config = config
+        self.model, self.autoencoder, self.tokenizer = model, autoencoder, tokenizer
+        model.attach_autoencoder(autoencoder)
+
+    # -- construction ----------------------------------------------------------------------------
+    @classmethod
+    def from_config(cls, config: VGTConfig) -> "VGTPipeline":
+        """Random weights (or pretrained backbones, as the config says) for every component."""
+        from vgt.ae import VGTAutoencoder
+        from vgt.ar.model import VGTModel
+        from vgt.backbones import load_tokenizer
+
+        tokenizer = load_tokenizer(config.ar.backbone)
+        ae = VGTAutoencoder.from_config(config.ae)
+        model = VGTModel(config.ar, latent_dim=config.ae.latent_channels, tokenizer=tokenizer)
+        return cls(config, model.eval(), ae.eval(), tokenizer)
+
+    @classmethod
+    def from_pretrained(cls, path: str) -> "VGTPipeline":
+        """Load a pipeline folder; every component's format version and fingerprint are checked."""
+        from vgt.ae import VGTAutoencoder
+        from vgt.ar.model import VGTModel
+
+        index = read_index(path)
+        tokenizer = load_tokenizer_folder(vio.join(path, index["components"]["tokenizer"]))
+        model = VGTModel.from_pretrained(vio.join(path, index["components"]["ar"]), tokenizer=tokenizer)
+        ae = VGTAutoencoder.from_pretrained(vio.join(path, index["components"]["ae"]))
+        return cls(from_dict(VGTConfig, index["config"]), model, ae, tokenizer)
+
+    def save_pretrained(self, path: str) -> dict[str, str]:
+        """Write the folder; returns the component fingerprints (also recorded in the index)."""
+        vio.makedirs(path)
+        with tempfile.TemporaryDirectory(prefix="vgt-tokenizer-") as tmp:
+            self.tokenizer.save_pretrained(tmp)
+            vio.upload(tmp, vio.join(path, COMPONENTS["tokenizer"]))
+        prints = {"ar": self.model.save_pretrained(vio.join(path, COMPONENTS["ar"])),
+                  "ae": self.autoencoder.save_pretrained(vio.join(path, COMPONENTS["ae"]))}
+        vio.write_json(vio.join(path, INDEX_FILE), {
+            "format_version": FORMAT_VERSION, "class": "VGTPipeline", "config": to_dict(self.config),
+            "components": COMPONENTS, "fingerprints": prints})
+        return prints
+
+    def to(self, device=None, dtype: torch.dtype | None = None) -> "VGTPipeline":
+        self.model.to(device=device, dtype=dtype)
+        self.autoencoder.to(device=device, dtype=dtype)
+        return self
+
+    # -- generation ------------------------------------------------------------------------------
+    @property
+    def stride(self) -> int:
+        return self.autoencoder.stride
+
+    def __call__(self, prompt: str | list[str], num_images_per_prompt: int = 1, height: int | None = None,
+                 width: int | None = None, guidance_scale: float = 4.5, num_steps: int | None = None,
+                 parallel_tokens: int = 16, order: str = "random", seed: int | None = None, **sampler):
+        """Prompts -> PIL images (prompt-major, `num_images_per_prompt` each).
+
+        height/width default to the preset resolution; the latent grid is (height // 28, width // 28)
+        and the decoded image is resized to exactly (height, width) if needed (as the reference).
+        `parallel_tokens` is capped at the number of latent tokens. Extra keywords (cfg_schedule,
+        sampler, feed_mode, progress) go to `sample_latents`.
+        """
+        height, width = self.image_size(height, width)
+        latents = self.sample_latents(prompt, num_images_per_prompt, height, width, guidance_scale, num_steps,
+                                      parallel_tokens, order, seed, **sampler)
+        return self.decode(latents, size=(height, width))
+
+    def sample_latents(self, prompt: str | list[str], num_images_per_prompt: int = 1, height: int | None = None,
+                       width: int | None = None, guidance_scale: float = 4.5, num_steps: int | None = None,
+                       parallel_tokens: int = 16, order: str = "random", seed: int | None = None,
+                       generators: list[torch.Generator] | None = None, cfg_schedule: str | None = None,
+                       sampler: str | None = None, feed_mode: str | None = None,
+                       progress=None) -> torch.Tensor:
+        """Normalised latents [N, C, h, w] (fp32). Image i (prompt-major) draws its order and noise from
+        `image_generator(seed, i)` unless `generators` (one per image) are given."""
+        from vgt.ar.sampling import image_generator, sample_latents
+
+        prompts = [p for p in _prompt_list(prompt) for _ in range(num_images_per_prompt)]
+        if generators is None:
+            seed = secrets.randbits(62) if seed is None else seed
+            generators = [image_generator(seed, i) for i in range(len(prompts))]
+        height, width = self.image_size(height, width)
+        grid = (height // self.stride, width // self.stride)
+        s = self.config.sample
+        with torch.no_grad():
+            return sample_latents(
+                self.model, prompts, generators, grid, guidance_scale=guidance_scale,
+                cfg_schedule=cfg_schedule or s.cfg_schedule, num_steps=num_steps or s.num_steps,
+                parallel_tokens=min(parallel_tokens, grid[0] * grid[1]), order=order,
+                method=sampler or s.sampler, feed_mode=feed_mode or s.feed_mode, progress=progress)
+
+    def decode(self, latents: torch.Tensor, size: tuple[int, int] | None = None) -> list:
+        """Latents [N, C, h, w] -> PIL images (resized to `size` = (height, width) when given)."""
+        from PIL import Image
+
+        ae = self.autoencoder
+        with torch.no_grad():
+            pixels = ae.decode(latents.to(device=_device(ae), dtype=_dtype(ae)))
+            if size is not None and tuple(pixels.shape[-2:]) != tuple(size):
+                pixels = F.interpolate(pixels.float(), size=size, mode="bilinear", align_corners=False)
+        rgb = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
+        return [Image.fromarray(img.numpy()) for img in rgb]
+
+    def image_size(self, height: int | None = None, width: int | None = None) -> tuple[int, int]:
+        """(height, width) with the preset resolution as default, checked against the AE stride."""
+        height = height or self.config.data.resolution
+        width = width or self.config.data.resolution
+        if height < self.stride or width < self.stride:
+            raise ValueError(f"height and width must be at least {self.stride} px, got {height}x{width}")
+        return height, width
+
+
+def read_index(path: str) -> dict:
+    index_path = vio.join(path, INDEX_FILE)
+    if not vio.exists(index_path):
+        raise ArtifactError(f"{path!r} is not a vgt pipeline folder: {INDEX_FILE} is missing")
+    index = vio.read_json(index_path)
+    if index.get("format_version") != FORMAT_VERSION:
+        raise ArtifactError(f"{path!r} has pipeline format version {index.get('format_version')!r}; this vgt "
+                            f"reads version {FORMAT_VERSION}")
+    return index
+
+
+def _prompt_list(prompt) -> list[str]:
+    prompts = [prompt] if isinstance(prompt, str) else list(prompt)
+    if not prompts or not all(isinstance(p, str) for p in prompts):
+        raise ValueError("prompt must be a non-empty string or list of strings")
+    return prompts
+
+
+def _device(module) -> torch.device:
+    return next(module.parameters()).device
+
+
+def _dtype(module) -> torch.dtype:
+    return next(module.parameters()).dtype
