@@ -75,16 +75,17 @@ def test_zero_initialised_head_predicts_zero():
     assert torch.equal(v, torch.zeros(5, 32))
 
 
-def test_real_preset_head_has_about_150m_parameters():
-    cfg = get_preset("tiny").ar.head.__class__()  # FlowHeadConfig defaults = the real presets' head
-    w, depth, d = cfg.width, cfg.depth, 1536  # InternVL3-2B's LLM width
+@pytest.mark.parametrize("preset", ["internvl3-1b", "internvl3-2b", "qwen25vl-3b"])
+def test_real_preset_head_has_about_150m_parameters(preset):
+    cfg = get_preset(preset).ar
+    w, depth, d = cfg.head.width, cfg.head.depth, cfg.backbone.hf_config["text_config"]["hidden_size"]
     with torch.device("meta"):
-        head = FlowHead(32, d, cfg.width, cfg.depth)
+        head = FlowHead(32, d, w, depth)
     n = sum(p.numel() for p in head.parameters())
     block = 2 * w + 2 * (w * w + w) + (3 * w * w + 3 * w)  # in_ln, mlp, adaLN
     embeds = (256 * w + w + w * w + w) + (d * w + w) + (32 * w + w)  # time MLP, cond, input
     final = (2 * w * w + 2 * w) + (32 * w + 32)
-    assert n == depth * block + embeds + final
+    assert (w, depth) == (1536, 12) and n == depth * block + embeds + final
     assert 145e6 < n < 155e6, n
 
 
