@@ -2,7 +2,7 @@
 
 Ray Data's default `streaming_split` hands blocks to whichever worker asks first, so two identical
 runs see different batches (environment notes §8). Each rank therefore reads its own rows of the
-prepared parquet parts directly (pyarrow, local or s3://):
+prepared parquet parts directly (vgt.data reader, pyarrow, local or s3://):
 
 * every part's row groups are cut into chunks of at most `chunk_rows` rows;
 * epoch e deals a seeded permutation of all chunks round-robin to the ranks;
@@ -16,13 +16,15 @@ prepared parquet parts directly (pyarrow, local or s3://):
 from __future__ import annotations
 
 import hashlib
-import posixpath
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any, Callable, Union
 
 import torch
 
-from vgt import io as vio
+
+# The columns to read: a list, or a function of the dataset (e.g. latents only where they fit the AE).
+Columns = Union[list[str], Callable[[Any], list[str]]]
 
 
 def derive_seed(*parts: object) -> int:
@@ -43,23 +45,18 @@ class Chunk:
     stop: int
 
 
-def list_parts(uri: str) -> list[str]:
-    parts = [p for p in vio.ls(uri) if posixpath.basename(p).startswith("part-") and p.endswith(".parquet")]
-    if not parts:
-        raise FileNotFoundError(f"{uri!r} holds no part-*.parquet files: is it a prepared dataset (vgt prep)?")
-    return parts
-
-
 class PreparedSource:
-    """The parts of one prepared dataset, cut into chunks; reads chunks with a small row-group cache."""
+    """One prepared dataset (vgt.data reader), its row groups cut into chunks; reads chunks with a
+    small row-group cache."""
 
-    def __init__(self, uri: str, columns: list[str], chunk_rows: int, world_size: int, cache: int = 8):
-        import pyarrow.parquet as pq
+    def __init__(self, uri: str, columns: Columns, chunk_rows: int, world_size: int, cache: int = 8):
+        from vgt.data import PreparedDataset
+        from vgt.data.layout import open_parquet
 
-        self.uri, self.columns = uri, list(columns)
-        self.fs, _ = vio.pyarrow_fs(uri)
-        self.paths = [vio.pyarrow_fs(p)[1] for p in list_parts(uri)]
-        self.files = [pq.ParquetFile(p, filesystem=self.fs) for p in self.paths]
+        self.uri = uri
+        self.dataset = PreparedDataset(uri)
+        self.columns = list(columns(self.dataset) if callable(columns) else columns)
+        self.files = [open_parquet(p.uri) for p in self.dataset.parts]
         self._check_columns()
         groups = [[f.metadata.row_group(g).num_rows for g in range(f.num_row_groups)] for f in self.files]
         self.num_rows = sum(map(sum, groups))
@@ -138,7 +135,7 @@ class SourceStream:
 class MixedFeed:
     """Per-rank batches mixed from weighted sources. Each row dict gains `_source` (its index)."""
 
-    def __init__(self, uris: list[str], weights: list[float], columns: list[str], seed: int,
+    def __init__(self, uris: list[str], weights: list[float], columns: Columns, seed: int,
                  rank: int, world: int, chunk_rows: int = 1024, window: int = 8):
         if len(uris) != len(weights) or not uris or min(weights) <= 0:
             raise ValueError(f"need one positive weight per dataset, got {uris} / {weights}")

@@ -3,9 +3,9 @@
 A stage (AE, AR, or a test's toy model) is a class built on every worker as `Stage(spec, env)`.
 It exposes:
   trainables         train_ckpt.Trainables (wrapped modules, optimisers, schedulers, EMAs)
-  columns            the prepared-dataset columns the data feed reads
+  columns            the prepared-dataset columns to read (a list, or a function of the dataset)
   rows_per_step      rows per worker per optimiser step (batch x accumulation)
-  tokens_per_sample  for the tokens/s metric
+  tokens_per_sample  for the tokens/s metric (or a "tokens" entry per step in step's metrics)
   export_modules     names of the modules whose full weights `export` receives
   step(rows, step, generator) -> {loss term: value}   one optimiser step (all ranks)
   lr() -> float      the current base learning rate
@@ -96,10 +96,12 @@ def run_loop(spec: LoopSpec, env: WorkerEnv, checkpoint=None, report=None) -> li
     for step in range(start, stop):
         began = time.perf_counter()
         rows = feed.batch(step, stage.rows_per_step)
+        lr = stage.lr()  # the rate this step uses (the scheduler advances inside stage.step)
         metrics = stage.step(rows, step, seeded(t["seed"], "step", step, env.rank))
         for ema in stage.trainables.emas.values():
             ema.update(step + 1)
         metrics = _global_metrics(metrics, stage, rows, env, time.perf_counter() - began, step + 1)
+        metrics["lr"] = lr
         if log:
             log.append(metrics)
         _inject_failure(spec, env, step + 1)
@@ -127,11 +129,11 @@ def _global_metrics(metrics: dict, stage, rows: list, env: WorkerEnv, seconds: f
     values = env.mean(torch.stack([torch.as_tensor(metrics[k], dtype=torch.float64).reshape(()).cpu()
                                    for k in names] + [torch.tensor(float(seconds), dtype=torch.float64)]))
     out = {"step": step, **{k: float(v) for k, v in zip(names, values[:-1].tolist())}}
-    out["lr"] = stage.lr()
     seconds = float(values[-1])
     samples = len(rows) * env.world
     out["samples_per_s"] = samples / seconds
-    out["tokens_per_s"] = stage.tokens_per_sample * samples / seconds
+    tokens = out.pop("tokens", stage.tokens_per_sample * len(rows)) * env.world
+    out["tokens_per_s"] = tokens / seconds
     return out
 
 

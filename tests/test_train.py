@@ -24,6 +24,7 @@ from pipelines.train_dist import WorkerEnv, accumulate, clip_and_step, distribut
 from pipelines.train_loop import LoopSpec, run_loop
 from pipelines.train_optim import EMA, adamw, param_groups, scheduler, warmup_cosine
 from vgt.config import to_dict
+from vgt.data.layout import FORMAT_VERSION, KIND, part_uri, write_manifest
 from vgt.presets import get_preset
 
 DIM = 8
@@ -74,14 +75,16 @@ class ToyStage:
 
 
 def write_toy_dataset(folder: str, sizes=(40, 24), seed: int = 0) -> str:
-    """Parts of (x, y = sin(sum x)) rows; row groups of 16 so parts have several."""
+    """A prepared-dataset folder of (x, y = sin(sum x)) rows; row groups of 16 so parts have several."""
     gen = torch.Generator().manual_seed(seed)
     os.makedirs(folder, exist_ok=True)
+    parts = {}
     for i, n in enumerate(sizes):
         x = torch.randn(n, DIM, generator=gen)
-        y = torch.sin(x.sum(1))
-        table = pa.table({"x": x.tolist(), "y": y.tolist(), "key": [f"{i}-{j}" for j in range(n)]})
-        pq.write_table(table, os.path.join(folder, f"part-{i:05d}.parquet"), row_group_size=16)
+        table = pa.table({"x": x.tolist(), "y": torch.sin(x.sum(1)).tolist()})
+        pq.write_table(table, part_uri(folder, f"part-toy-{i}"), row_group_size=16)
+        parts[f"part-toy-{i}"] = {"complete": True, "rows_out": n, "source": "toy"}
+    write_manifest(folder, {"kind": KIND, "format_version": FORMAT_VERSION, "parts": parts})
     return folder
 
 

@@ -117,6 +117,7 @@ class AEStageConfig:
     gan_weight: float = 0.1
     disc_start: int = 10_000
     disc_lr: float = 1e-4
+    disc_hidden: int = 128  # NLayerDiscriminator width (multiple of 32, GroupNorm); small for CPU tests
     lecam_weight: float = 0.001
     lecam_decay: float = 0.999
 
