@@ -14,6 +14,7 @@ from vgt.ar.flow_head import FlowHead, timestep_features
 from vgt.ar.model import VGTModel, tokens_of
 from vgt.ar.prompts import format_prompts
 from vgt.ar.queries import PositionQueries, group_sizes, token_order
+from vgt.ar.repa import TimmTeacher, patch_tokens_to_grid
 from vgt.presets import get_preset
 
 PRESETS = ["tiny", "tiny-qwen"]
@@ -313,6 +314,44 @@ def test_repa_gradient_reaches_the_llm_only_with_weight(preset):
     assert out5["loss"].item() == pytest.approx(out5["flow_loss"].item() + 0.5 * out5["repa_loss"].item(), rel=1e-6)
     _, total5 = llm_grads(0.5, "loss")
     assert not torch.allclose(total5, flow_only)
+
+
+class FakeViT(torch.nn.Module):
+    """timm-like: one class token, then 4x4 row-major patch tokens of a 1x1 conv over 16 px patches."""
+
+    num_prefix_tokens = 1
+
+    def __init__(self):
+        super().__init__()
+        self.patch = torch.nn.Conv2d(3, 8, 16, stride=16)
+
+    def forward_features(self, x):
+        tokens = self.patch(x).flatten(2).transpose(1, 2)
+        return torch.cat([tokens.mean(1, keepdim=True), tokens], 1)
+
+
+def test_timm_teacher_drops_prefix_tokens_and_resizes_to_the_latent_grid():
+    teacher = TimmTeacher(FakeViT(), (64, 64), [0.5] * 3, [0.25] * 3)
+    pixels = torch.rand(2, 3, 112, 112) * 2 - 1
+    feats = teacher(pixels, (4, 4))
+    x = torch.nn.functional.interpolate((pixels + 1) / 2, size=(64, 64), mode="bicubic", antialias=True)
+    assert torch.allclose(feats, teacher.vit.patch((x - 0.5) / 0.25).flatten(2).transpose(1, 2), atol=1e-6)
+    assert teacher(pixels, (2, 2)).shape == (2, 4, 8)
+    grid = torch.arange(16.0).view(1, 16, 1)  # 4x4 ramp 0..15 row-major
+    assert torch.allclose(patch_tokens_to_grid(grid, (2, 2)).flatten(), torch.tensor([2.5, 4.5, 10.5, 12.5]))
+
+
+def test_repa_features_from_an_attached_teacher_match_given_ones():
+    model = build_model("tiny", ["ar.head.repa_dim=8", "ar.repa_weight=0.5"])
+    teacher = TimmTeacher(FakeViT(), (64, 64), [0.5] * 3, [0.25] * 3)
+    model.attach_repa_teacher(teacher)
+    assert not any(k.startswith("repa_teacher") for k in model.state_dict())
+    pixels, lat = torch.rand(2, 3, 112, 112) * 2 - 1, random_latents(2)
+    with torch.no_grad():
+        a = model(PROMPTS[:2], latents=lat, pixels=pixels, generator=torch.Generator().manual_seed(0))
+        b = model(PROMPTS[:2], latents=lat, generator=torch.Generator().manual_seed(0),
+                  teacher_features=teacher(pixels, (4, 4)))
+    assert torch.equal(a["repa_loss"], b["repa_loss"])
 
 
 def test_repa_weight_without_projector_is_a_config_error():

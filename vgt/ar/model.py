@@ -78,8 +78,9 @@ class VGTModel(nn.Module):
             nn.init.zeros_(lin.bias)
         self.queries = PositionQueries(dim, config.max_grid)
         self.head = FlowHead(latent_dim, dim, config.head.width, config.head.depth, config.head.repa_dim)
-        self.repa_teacher = None  # callable(pixels [B,3,H,W] in [-1,1], (h, w)) -> [B, h*w, repa_dim]
-        self.__dict__["ae"] = None  # unregistered on purpose (see module docstring)
+        # Unregistered on purpose (see module docstring): set with attach_autoencoder / attach_repa_teacher.
+        self.__dict__["ae"] = None
+        self.__dict__["repa_teacher"] = None
         self.fingerprint: str | None = None
 
     # -- components ------------------------------------------------------------------------------
@@ -99,6 +100,11 @@ class VGTModel(nn.Module):
                                  f"{self.latent_dim}")
             ae.eval().requires_grad_(False)
         self.__dict__["ae"] = ae
+
+    def attach_repa_teacher(self, teacher) -> None:
+        """`teacher(pixels [B,3,H,W] in [-1,1], (h, w)) -> [B, h*w, repa_dim]` (e.g. `repa.dinov3_teacher()`),
+        used when `forward` gets pixels but no `teacher_features`; kept out of the state dict."""
+        self.__dict__["repa_teacher"] = teacher
 
     # -- prompts ---------------------------------------------------------------------------------
     def prompt_texts(self, captions: list[str], drop: torch.Tensor | None = None) -> list[str]:
@@ -168,7 +174,7 @@ class VGTModel(nn.Module):
     def _teacher_features(self, given, pixels, grid) -> torch.Tensor:
         if given is None:
             if self.repa_teacher is None or pixels is None:
-                raise ValueError("ar.repa_weight > 0 needs teacher_features, or pixels and model.repa_teacher")
+                raise ValueError("ar.repa_weight > 0 needs teacher_features, or pixels and an attached REPA teacher")
             with torch.no_grad():
                 given = self.repa_teacher(pixels, grid)
         return given.to(self.device)
