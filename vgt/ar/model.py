@@ -10,9 +10,9 @@ causal attention with the padding mask and contiguous per-row positions `cumsum(
 condition of token k is `out_proj` of the hidden state at q_k, so it sees the prompt and every pair
 before it in the order, never its own latent.
 
-The frozen `VGTAutoencoder` is attached with `attach_autoencoder`; it is deliberately not a
-registered submodule, so it stays out of this model's state dict, optimizer and FSDP wrapping
-(the pipeline saves it as its own component).
+The frozen `VGTAutoencoder` (`attach_autoencoder`) and the REPA teacher (`attach_repa_teacher`)
+are deliberately not registered submodules, so they stay out of this model's state dict,
+optimizer, `.to()` and FSDP wrapping (the pipeline saves the AE as its own component).
 """
 from __future__ import annotations
 
@@ -32,6 +32,7 @@ from .prompts import format_prompts, load_tokenizer_folder, marker_ids, sibling_
 from .queries import PositionQueries, token_order
 
 KIND = "ar"
+UNREGISTERED = ("ae", "repa_teacher")  # frozen helpers that never enter the state dict or optimizer
 
 
 def tokens_of(latents: torch.Tensor) -> torch.Tensor:
@@ -78,10 +79,15 @@ class VGTModel(nn.Module):
             nn.init.zeros_(lin.bias)
         self.queries = PositionQueries(dim, config.max_grid)
         self.head = FlowHead(latent_dim, dim, config.head.width, config.head.depth, config.head.repa_dim)
-        # Unregistered on purpose (see module docstring): set with attach_autoencoder / attach_repa_teacher.
-        self.__dict__["ae"] = None
-        self.__dict__["repa_teacher"] = None
+        self.ae = None  # see attach_autoencoder
+        self.repa_teacher = None  # see attach_repa_teacher
         self.fingerprint: str | None = None
+
+    def __setattr__(self, name: str, value) -> None:
+        if name in UNREGISTERED:  # plain attributes even when the value is a Module (module docstring)
+            self.__dict__[name] = value
+        else:
+            super().__setattr__(name, value)
 
     # -- components ------------------------------------------------------------------------------
     @property
@@ -99,12 +105,12 @@ class VGTModel(nn.Module):
                 raise ValueError(f"AE has {ae.config.latent_channels} latent channels, the AR model expects "
                                  f"{self.latent_dim}")
             ae.eval().requires_grad_(False)
-        self.__dict__["ae"] = ae
+        self.ae = ae
 
     def attach_repa_teacher(self, teacher) -> None:
         """`teacher(pixels [B,3,H,W] in [-1,1], (h, w)) -> [B, h*w, repa_dim]` (e.g. `repa.dinov3_teacher()`),
         used when `forward` gets pixels but no `teacher_features`; kept out of the state dict."""
-        self.__dict__["repa_teacher"] = teacher
+        self.repa_teacher = teacher
 
     # -- prompts ---------------------------------------------------------------------------------
     def prompt_texts(self, captions: list[str], drop: torch.Tensor | None = None) -> list[str]:
