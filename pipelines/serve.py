@@ -15,8 +15,6 @@ from .serve_workers import AEDecoder, ARSampler
 ARGS = {
     "model": "pipeline folder, local path or s3:// (required)",
     "model_name": "id reported by /v1/models and accepted as `model` (default: the folder's name)",
-    "gpus_per_replica": "'auto' (1 when the cluster has GPUs, else 0), or a number",
-    "cpus_per_replica": "CPUs reserved per model replica when it gets no GPU (fractional is fine)",
     "limits": "per-request limits, see serve_api.Limits",
     "retry_after_s": "Retry-After seconds sent with 503 responses",
 }
@@ -33,19 +31,7 @@ def build_app(args: dict):
         raise ValueError("vgt serve needs args.model: a pipeline folder (local path or s3://)")
     name = args.get("model_name") or str(model).rstrip("/").rsplit("/", 1)[-1]
     Limits.from_dict(args.get("limits"))  # fail at deploy time, not on the first request
-    placement = replica_resources(args.get("gpus_per_replica", "auto"), float(args.get("cpus_per_replica", 0.25)))
-    sampler = ARSampler.options(ray_actor_options=placement).bind(model, name)
-    decoder = AEDecoder.options(ray_actor_options=placement).bind(model)
+    sampler = ARSampler.bind(model, name)  # placement (ray_actor_options) comes from the config
+    decoder = AEDecoder.bind(model)
     return Ingress.bind(sampler, decoder, name, args.get("limits"), int(args.get("retry_after_s", 1)))
 
-
-def replica_resources(gpus, cpus: float) -> dict:
-    """ray_actor_options of a model replica: one GPU each when GPUs exist, else fractional CPUs (so
-    two deployments x two replicas fit a 2-core machine next to other work). A `ray_actor_options`
-    entry for the deployment in the Serve config overrides this."""
-    if gpus == "auto":
-        import ray
-
-        gpus = 1 if ray.is_initialized() and ray.cluster_resources().get("GPU", 0) > 0 else 0
-    gpus = float(gpus)
-    return {"num_gpus": gpus, "num_cpus": 1.0} if gpus > 0 else {"num_cpus": cpus}

@@ -39,6 +39,10 @@ class ApiError(Exception):
         return {"error": {"message": self.message, "type": self.kind, "param": self.param, "code": self.code}}
 
 
+class Cancelled(Exception):
+    """Every request of a running sampler group lost its client: the model stops early."""
+
+
 class ImageRequest(BaseModel):
     """`POST /v1/images/generations` body: OpenAI's fields plus VGT sampling extensions.
 
@@ -92,6 +96,7 @@ class ModelInfo:
     guidance_scale: float
     num_steps: int
     parallel_tokens: int
+    min_num_steps: int = 1  # the SDE sampler needs 2 (its last step is noise-free), the ODE 1
     fingerprints: dict[str, str] = field(default_factory=dict)
 
     def allowed_sizes(self, limits: Limits) -> list[str]:
@@ -183,7 +188,7 @@ def to_job(req: ImageRequest, limits: Limits, info: ModelInfo, request_id: str =
         request_id=request_id)
     _in_range("seed", job.seed, 0, MAX_SEED)
     _in_range("guidance_scale", job.guidance_scale, limits.min_guidance_scale, limits.max_guidance_scale)
-    _in_range("num_steps", job.num_steps, 1, limits.max_num_steps)
+    _in_range("num_steps", job.num_steps, info.min_num_steps, limits.max_num_steps)
     _in_range("parallel_tokens", job.parallel_tokens, 1, tokens)
     return job
 

@@ -11,6 +11,7 @@ import os
 import time
 
 APP_NAME = "vgt"
+MODEL_DEPLOYMENTS = ("ARSampler", "AEDecoder")
 DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cluster", "serve.yaml")
 
 
@@ -64,25 +65,36 @@ def deploy(config: dict, timeout_s: float = 300.0) -> str:
 
     schema = ServeDeploySchema.model_validate(config)
     client = serve_start(http_options=schema.http_options.model_dump(), proxy_location=schema.proxy_location)
+    before = _deployed_time()
     client.deploy_apps(schema)  # same call as `serve run CONFIG` makes
-    wait_running(timeout_s)
+    wait_running(timeout_s, after=before)
     return url_of(config)
 
 
-def wait_running(timeout_s: float) -> None:
+def wait_running(timeout_s: float, after: float = 0.0) -> None:
+    """Wait until the application deployed later than `after` (a redeploy) is RUNNING."""
     from ray import serve
 
     deadline = time.monotonic() + timeout_s
     while True:
         app = serve.status().applications.get(APP_NAME)
         status = app.status if app else "NOT_STARTED"  # a str Enum
-        if status == "RUNNING":
+        if status == "RUNNING" and app.last_deployed_time_s > after:
             return
         if status == "DEPLOY_FAILED":
-            raise DeployError(f"the vgt application failed to deploy: {app.message}")
+            causes = [f"{name}: {d.message.strip().splitlines()[-1]}" for name, d in app.deployments.items()
+                      if d.message.strip()]
+            raise DeployError(f"the vgt application failed to deploy: {app.message} {'; '.join(causes)}")
         if time.monotonic() > deadline:
             raise DeployError(f"the vgt application is still {status} after {timeout_s:.0f}s")
         time.sleep(0.2)
+
+
+def _deployed_time() -> float:
+    from ray import serve
+
+    app = serve.status().applications.get(APP_NAME)
+    return app.last_deployed_time_s if app else 0.0
 
 
 def url_of(config: dict) -> str:
@@ -91,3 +103,19 @@ def url_of(config: dict) -> str:
     host = "127.0.0.1" if host in ("0.0.0.0", "::") else host
     prefix = (app_of(config).get("route_prefix") or "/").rstrip("/")
     return f"http://{host}:{http.get('port', 8000)}{prefix}"
+
+
+def placement_overrides(gpus: str | float = "auto", cpus: float = 0.25) -> dict[str, dict]:
+    """Deployment overrides placing the model replicas (call after `ray.init`). "auto" keeps the
+    config's placement (one GPU per replica) when the cluster has GPUs and otherwise gives each
+    replica a fraction of a CPU, so two deployments x two replicas fit a 2-core machine next to
+    other work; a number asks for that many GPUs per replica."""
+    import ray
+
+    if gpus == "auto":
+        if ray.cluster_resources().get("GPU", 0) > 0:
+            return {}
+        gpus = 0
+    gpus = float(gpus)
+    options = {"num_gpus": gpus, "num_cpus": 1.0} if gpus > 0 else {"num_cpus": cpus}
+    return {name: {"ray_actor_options": options} for name in MODEL_DEPLOYMENTS}

@@ -7,8 +7,8 @@ returns it on every response; the ingress logs it with each request. A client th
 cancels its request: Serve cancels this handler, which cancels the in-flight handle calls, and the
 sampler stops a running group once all of its requests are gone.
 """
-from __future__ import annotations
-
+# No `from __future__ import annotations` here: FastAPI must see real types on the routes
+# (Serve's class-based ingress re-wraps them, and string annotations then stop resolving).
 import asyncio
 import base64
 import hashlib
@@ -50,13 +50,13 @@ class Ingress:
     @app.post("/v1/images/generations")
     async def generate(self, request: Request) -> JSONResponse:
         start, rid = time.perf_counter(), request.headers.get("x-request-id", "")
-        status, job = 500, None
+        status, job, retries = 500, None, []
         try:
             self._authorize(request)
             body = parse_body(await request.body())
             job = to_job(body, self.limits, await self._model_info(), rid)
-            sampled = await self._call("sampler", self.sampler.sample, job)
-            images = await self._call("decoder", self.decoder.decode,
+            sampled = await self._call("sampler", retries, self.sampler.sample, job)
+            images = await self._call("decoder", retries, self.decoder.decode,
                                       {"latents": sampled["latents"], "output_format": job.output_format})
             status = 200
         except ApiError as err:
@@ -65,12 +65,17 @@ class Ingress:
         except asyncio.CancelledError:
             status = 499  # the client went away (nginx's code); the handle calls are cancelled too
             raise
+        except Exception:  # a server fault: logged with its traceback, answered in OpenAI's shape
+            log.exception("request %s failed", rid)
+            raise ApiError(500, f"internal error while generating (request id {rid})",
+                           code="internal_error", kind="server_error") from None
         finally:
             self._record(rid, status, start, job)
         return JSONResponse(
             {"created": int(time.time()), "data": [{"b64_json": base64.b64encode(b).decode()} for b in images],
              "output_format": job.output_format, "size": f"{job.width}x{job.height}", "seed": job.seed},
-            headers={"x-vgt-seed": str(job.seed), "x-vgt-sampler-batch": str(sampled["batch_images"])})
+            headers={"x-vgt-seed": str(job.seed), "x-vgt-sampler-batch": str(sampled["batch_images"]),
+                     "x-vgt-retries": str(len(retries))})
 
     @app.get("/v1/models")
     async def models(self, request: Request) -> dict:
@@ -103,14 +108,15 @@ class Ingress:
 
     async def _model_info(self) -> ModelInfo:
         if self._info is None:
-            info = await self._call("sampler", self.sampler.info)
+            info = await self._call("sampler", [], self.sampler.info)
             for size in info.allowed_sizes(self.limits):
                 info.check_size(size)
             self._info = info
         return self._info
 
-    async def _call(self, stage: str, method, *args):
-        """One handle call, retried once if its replica died (generation is idempotent given the seed)."""
+    async def _call(self, stage: str, retries: list, method, *args):
+        """One handle call, retried once if its replica died (generation is idempotent given the seed);
+        a retry is appended to `retries`."""
         from ray.exceptions import RayActorError
         from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
 
@@ -126,6 +132,7 @@ class Ingress:
                     raise ApiError(503, f"the {stage} replica died twice; retry later",
                                    code="replica_failed", kind="server_error",
                                    headers={"Retry-After": str(self.retry_after_s)}) from err
+                retries.append(stage)
                 self._metrics["retries"].inc(tags={"stage": stage})
                 log.warning("%s replica died (%s); retrying once", stage, type(err).__name__)
 

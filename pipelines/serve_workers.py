@@ -16,16 +16,12 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ray import serve
 
-from .serve_api import SampleJob
+from .serve_api import Cancelled, SampleJob
 from .serve_metrics import metrics
 
 log = logging.getLogger("ray.serve")
 
 DEFAULT_BATCH = {"max_batch_size": 8, "batch_wait_timeout_s": 0.05}
-
-
-class Cancelled(Exception):
-    """Every job of a running group lost its client: stop the model early."""
 
 
 class BatchingReplica:
@@ -90,10 +86,10 @@ class ARSampler(BatchingReplica):
     STAGE = "sampler"
 
     def __init__(self, model: str, model_name: str):
-        from .serve_model import load_sampler
+        from .serve_model import SamplerModel
 
         super().__init__()
-        self.model = load_sampler(model, model_name)
+        self.model = SamplerModel(model, model_name)
 
     def info(self):
         return self.model.info
@@ -131,10 +127,10 @@ class AEDecoder(BatchingReplica):
     STAGE = "decoder"
 
     def __init__(self, model: str):
-        from .serve_model import load_decoder
+        from .serve_model import DecoderModel
 
         super().__init__()
-        self.model = load_decoder(model)
+        self.model = DecoderModel(model)
 
     def ready(self) -> str:
         return self.model.fingerprint

@@ -11,7 +11,7 @@ from pipelines.serve_config import app_of, load_config, url_of, with_overrides
 from pipelines.serve_workers import group_jobs, split
 
 INFO = ModelInfo(id="tiny", native_size=(112, 112), stride=28, max_grid=64, guidance_scale=4.5, num_steps=30,
-                 parallel_tokens=16)
+                 parallel_tokens=16, min_num_steps=2)
 
 
 def job_of(body: dict, limits: Limits = Limits()) -> SampleJob:
@@ -55,8 +55,8 @@ def test_defaults_come_from_the_model_and_a_seed_is_drawn():
     ({"prompt": "x", "response_format": "url"}, 400, "response_format", "use 'b64_json'"),
     ({"prompt": "x", "output_format": "gif"}, 400, "output_format", "png"),
     ({"prompt": "x", "model": "dall-e-3"}, 404, "model", "does not exist"),
-    ({"prompt": "x", "num_steps": 0}, 400, "num_steps", "between 1 and 100"),
-    ({"prompt": "x", "num_steps": 10**30}, 400, "num_steps", "between 1 and 100"),
+    ({"prompt": "x", "num_steps": 1}, 400, "num_steps", "between 2 and 100"),  # the SDE sampler's minimum
+    ({"prompt": "x", "num_steps": 10**30}, 400, "num_steps", "between 2 and 100"),
     ({"prompt": "x", "guidance_scale": 0.5}, 400, "guidance_scale", "between 1.0 and 20.0"),
     ({"prompt": "x", "guidance_scale": 1e300}, 400, "guidance_scale", "between 1.0 and 20.0"),
     ({"prompt": "x", "parallel_tokens": 17}, 400, "parallel_tokens", "between 1 and 16"),

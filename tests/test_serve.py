@@ -1,0 +1,279 @@
+"""The image service on the session's local Ray cluster, over HTTP on 127.0.0.1.
+
+One application is deployed for the module from cluster/serve.yaml (the production file) with
+test overrides: a tiny random-weight pipeline, fractional CPUs, short autoscaling delays. Tests
+run in file order and share it; the ones that change deployment options do so last or restore them.
+"""
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import time
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.conftest import free_port
+
+KEY = "test-key-1234"
+PROMPT = "a red cube on a table"
+# Short autoscaling delays; the ingress handle pushes its load metrics every 0.25 s (default 10 s).
+AUTOSCALE = {"min_replicas": 1, "max_replicas": 2, "upscale_delay_s": 1, "downscale_delay_s": 3,
+             "look_back_period_s": 1, "metrics_interval_s": 0.25}
+FAST_METRICS = {"RAY_SERVE_HANDLE_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.25",
+                "RAY_SERVE_REPLICA_AUTOSCALING_METRIC_PUSH_INTERVAL_S": "0.25"}
+TEST_DEPLOYMENTS = {
+    "ARSampler": {"autoscaling_config": {**AUTOSCALE, "target_ongoing_requests": 2},
+                  "max_ongoing_requests": 8, "graceful_shutdown_timeout_s": 2},
+    "AEDecoder": {"autoscaling_config": {**AUTOSCALE, "target_ongoing_requests": 16},
+                  "graceful_shutdown_timeout_s": 2},
+    "Ingress": {"autoscaling_config": {"min_replicas": 1, "max_replicas": 1}, "graceful_shutdown_timeout_s": 2,
+                "ray_actor_options": {"num_cpus": 0.1, "runtime_env": {"env_vars": {**FAST_METRICS,
+                                                                                    "VGT_API_KEY": KEY}}}},
+}
+
+
+def write_tiny_pipeline(folder) -> None:
+    import torch
+
+    from vgt import io as vio
+    from vgt.ae.model import VGTAutoencoder
+    from vgt.ar.model import VGTModel
+    from vgt.config import to_dict
+    from vgt.presets import get_preset
+
+    torch.manual_seed(0)
+    cfg = get_preset("tiny")
+    VGTModel(cfg.ar, latent_dim=cfg.ae.latent_channels).save_pretrained(str(folder / "ar"))
+    VGTAutoencoder.from_config(cfg.ae).save_pretrained(str(folder / "ae"))
+    vio.write_json(str(folder / "model_index.json"), {"config": to_dict(cfg)})
+
+
+@pytest.fixture(scope="module")
+def service(ray_cluster, tmp_path_factory):
+    from ray import serve
+
+    from pipelines.serve_config import deploy, load_config, placement_overrides, with_overrides
+
+    folder = tmp_path_factory.mktemp("pipe") / "tiny"
+    write_tiny_pipeline(folder)
+    started = not _serve_running(ray_cluster)
+    config = with_overrides(load_config(), model=str(folder), host="127.0.0.1", port=free_port(),
+                            deployments=placement_overrides("auto"))
+    config = with_overrides(config, deployments=TEST_DEPLOYMENTS)
+    url = deploy(config, timeout_s=240)
+    yield {"url": url, "config": config}
+    serve.delete("vgt")
+    if started:
+        serve.shutdown()
+
+
+def _serve_running(ray) -> bool:
+    try:
+        ray.get_actor("SERVE_CONTROLLER_ACTOR", namespace="serve")
+        return True
+    except ValueError:
+        return False
+
+
+def post(url: str, body: dict | bytes, key: str | None = KEY, timeout: float = 120, **headers) -> httpx.Response:
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    content = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return httpx.post(f"{url}/v1/images/generations", content=content, timeout=timeout,
+                      headers={"Content-Type": "application/json", **headers})
+
+
+def pixels(b64: str) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(b64))).convert("RGB"))
+
+
+async def load(url: str, bodies: list[dict], concurrency: int) -> list[httpx.Response]:
+    """POST every body, at most `concurrency` in flight."""
+    gate = asyncio.Semaphore(concurrency)
+    async with httpx.AsyncClient(timeout=180, headers={"Authorization": f"Bearer {KEY}"}) as client:
+        async def one(body):
+            async with gate:
+                return await client.post(f"{url}/v1/images/generations", json=body)
+        return await asyncio.gather(*(one(b) for b in bodies))
+
+
+def replicas(deployment: str) -> int:
+    from ray import serve
+
+    states = serve.status().applications["vgt"].deployments[deployment].replica_states
+    return states.get("RUNNING", 0)
+
+
+# -- API ----------------------------------------------------------------------------------------
+def test_openai_client_generates_images_and_seeds_repeat_bytes(service):
+    import openai
+
+    client = openai.OpenAI(base_url=f"{service['url']}/v1", api_key=KEY, max_retries=0)
+    result = client.images.generate(model="tiny", prompt=PROMPT, n=2, size="112x112",
+                                    response_format="b64_json", extra_body={"seed": 11})
+    images = [pixels(d.b64_json) for d in result.data]
+    assert len(images) == 2 and all(im.shape == (112, 112, 3) for im in images)
+    assert not np.array_equal(images[0], images[1])  # two images of one request differ
+    again = client.images.generate(model="tiny", prompt=PROMPT, n=2, size="112x112",
+                                   response_format="b64_json", extra_body={"seed": 11})
+    assert [d.b64_json for d in again.data] == [d.b64_json for d in result.data]
+    assert client.models.list().data[0].id == "tiny"
+
+
+def test_response_carries_request_id_and_assigned_seed(service):
+    r = post(service["url"], {"prompt": PROMPT, "output_format": "jpeg"}, **{"X-Request-ID": "abc-123"})
+    assert r.status_code == 200 and r.headers["x-request-id"] == "abc-123"
+    body = r.json()
+    assert body["seed"] == int(r.headers["x-vgt-seed"]) and body["output_format"] == "jpeg"
+    assert base64.b64decode(body["data"][0]["b64_json"])[:3] == b"\xff\xd8\xff"  # a JPEG
+    # The returned seed reproduces the unseeded request exactly.
+    seeded = post(service["url"], {"prompt": PROMPT, "output_format": "jpeg", "seed": body["seed"]})
+    assert seeded.json()["data"] == body["data"]
+    assert httpx.get(f"{service['url']}/healthz").json()["status"] == "ok"
+
+
+@pytest.mark.parametrize("body, status, words", [
+    (b"{oops", 400, "not valid JSON"),
+    ({"prompt": ""}, 400, "must not be empty"),
+    ({"prompt": "x" * 2001}, 400, "limit is 2000"),
+    ({"prompt": "x", "n": 99}, 400, "between 1 and 4"),
+    ({"prompt": "x", "size": "1024x1024"}, 400, "supported sizes: ['112x112']"),
+    ({"prompt": "x", "n": "two"}, 422, "invalid type for n"),
+    ({"prompt": "x", "num_steps": 1}, 400, "num_steps must be between 2 and 100"),
+    ({"prompt": "x", "guidance_scale": 1e9}, 400, "guidance_scale must be between"),
+    ({"prompt": "x", "style": "vivid"}, 400, "unrecognized request argument supplied: style"),
+])
+def test_bad_input_gets_status_and_message_and_service_keeps_answering(service, body, status, words):
+    r = post(service["url"], body)
+    assert r.status_code == status
+    assert words in r.json()["error"]["message"] and r.json()["error"]["type"] == "invalid_request_error"
+    assert post(service["url"], {"prompt": PROMPT, "seed": 1, "num_steps": 2}).status_code == 200
+
+
+def test_auth_is_required_when_the_key_is_set(service):
+    assert post(service["url"], {"prompt": PROMPT}, key=None).status_code == 401
+    wrong = post(service["url"], {"prompt": PROMPT}, key="test-key-1235")
+    assert wrong.status_code == 401 and wrong.json()["error"]["code"] == "invalid_api_key"
+    assert httpx.get(f"{service['url']}/v1/models").status_code == 401
+    assert httpx.get(f"{service['url']}/healthz").status_code == 200  # probes need no key
+
+
+def test_client_disconnect_cancels_the_request(service):
+    from ray import serve
+
+    sampler = serve.get_deployment_handle("ARSampler", "vgt")
+    before = sampler.stats.remote().result()["cancelled"]
+    with pytest.raises(httpx.TimeoutException):
+        post(service["url"], {"prompt": PROMPT, "n": 4, "num_steps": 100}, timeout=0.5)
+    deadline = time.monotonic() + 10
+    while sampler.stats.remote().result()["cancelled"] == before:
+        assert time.monotonic() < deadline, "the sampler never saw the cancellation"
+        time.sleep(0.2)
+
+
+# -- batching -----------------------------------------------------------------------------------
+def test_requests_with_different_settings_share_a_batch_correctly(service):
+    url = service["url"]
+    a, b = {"prompt": PROMPT, "seed": 3, "num_steps": 2}, {"prompt": "a blue ball", "seed": 4, "num_steps": 6}
+    alone = [post(url, a).json()["data"], post(url, b).json()["data"]]
+    for _ in range(5):  # until both land in one sampler batch
+        together = asyncio.run(load(url, [a, b], concurrency=2))
+        if all(r.headers["x-vgt-sampler-batch"] == "2" for r in together):
+            break
+    assert [r.headers["x-vgt-sampler-batch"] for r in together] == ["2", "2"]
+    assert [r.json()["data"] for r in together] == alone  # each group ran exactly as alone
+
+
+def test_bounded_load_has_no_errors_and_batches(service):
+    url = service["url"]
+    bodies = [{"prompt": f"{PROMPT} {i % 5}", "seed": i, "num_steps": 2} for i in range(64)]
+    responses = asyncio.run(load(url, bodies, concurrency=8))
+    assert [r.status_code for r in responses] == [200] * 64
+    batches = [int(r.headers["x-vgt-sampler-batch"]) for r in responses]
+    assert max(batches) > 1
+    # Results inside a batch match the same request sent alone (fp32, other batch shapes: +-1 level).
+    for i in (0, 63):
+        solo = pixels(post(url, bodies[i]).json()["data"][0]["b64_json"]).astype(int)
+        assert np.abs(pixels(responses[i].json()["data"][0]["b64_json"]) - solo).max() <= 1
+
+
+# -- scaling and faults -------------------------------------------------------------------------
+def test_sampler_autoscales_up_and_back_while_decoder_stays(service):
+    url = service["url"]
+    _wait(lambda: replicas("ARSampler") == 1, 30, "sampler back at 1 replica before the test")
+    bodies = [{"prompt": PROMPT, "seed": i, "num_steps": 8} for i in range(400)]
+    decoder_seen: set[int] = set()
+
+    async def drive():
+        task = asyncio.ensure_future(load(url, bodies, concurrency=8))
+        deadline = time.monotonic() + 60
+        while replicas("ARSampler") < 2:
+            decoder_seen.add(replicas("AEDecoder"))
+            assert time.monotonic() < deadline, "the sampler did not scale to 2 replicas"
+            await asyncio.sleep(0.25)
+        task.cancel()
+
+    asyncio.run(drive())
+    assert decoder_seen == {1}
+    _wait(lambda: replicas("ARSampler") == 1, 60, "the sampler did not scale back to 1 replica")
+    assert replicas("AEDecoder") == 1
+
+
+def test_killing_a_sampler_replica_during_load_fails_no_request(service):
+    import ray
+
+    url = service["url"]
+    bodies = [{"prompt": PROMPT, "seed": i, "num_steps": 30, "n": 2} for i in range(32)]
+
+    async def drive():
+        task = asyncio.ensure_future(load(url, bodies, concurrency=8))
+        await asyncio.sleep(0.5)
+        victim = next(a for a in ray.util.list_named_actors(all_namespaces=True)
+                      if "ARSampler" in a["name"] and a["name"].startswith("SERVE_REPLICA"))
+        ray.kill(ray.get_actor(victim["name"], namespace=victim["namespace"]), no_restart=True)
+        return await task
+
+    responses = asyncio.run(drive())
+    assert [r.status_code for r in responses] == [200] * len(bodies)
+    assert sum(int(r.headers["x-vgt-retries"]) for r in responses) >= 1  # the kill hit requests in flight
+    _wait(lambda: replicas("ARSampler") >= 1, 60, "the sampler did not recover")
+    assert post(url, {"prompt": PROMPT, "seed": 1}).status_code == 200
+
+
+def test_backpressure_returns_503_quickly(service):
+    from pipelines.serve_config import deploy, with_overrides
+
+    tight = with_overrides(service["config"], deployments={"ARSampler": {
+        "max_ongoing_requests": 1, "max_queued_requests": 1,
+        "autoscaling_config": {**AUTOSCALE, "max_replicas": 1, "target_ongoing_requests": 2}}})
+    deploy(tight, timeout_s=60)
+    bodies = [{"prompt": PROMPT, "seed": i, "num_steps": 100, "n": 4} for i in range(12)]
+    responses = asyncio.run(load(service["url"], bodies, concurrency=12))
+    admitted = [r for r in responses if r.status_code == 200]
+    rejected = [r for r in responses if r.status_code == 503]
+    assert len(admitted) + len(rejected) == 12 and len(rejected) >= 6  # 1 running + 1 queued fit
+    assert all(r.headers["retry-after"] == "1" and r.json()["error"]["code"] == "overloaded" for r in rejected)
+    # Refused at once, while the admitted requests were still computing.
+    assert max(r.elapsed for r in rejected) < min(r.elapsed for r in admitted)
+
+
+def test_auth_off_without_the_key(service):
+    from pipelines.serve_config import deploy, with_overrides
+
+    open_config = with_overrides(service["config"], deployments={"Ingress": {
+        "ray_actor_options": {"num_cpus": 0.1, "runtime_env": {"env_vars": FAST_METRICS}}}})
+    deploy(open_config, timeout_s=60)
+    assert post(service["url"], {"prompt": PROMPT, "seed": 2}, key=None).status_code == 200
+    assert httpx.get(f"{service['url']}/v1/models").json()["data"][0]["id"] == "tiny"
+
+
+def _wait(condition, timeout_s: float, message: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not condition():
+        assert time.monotonic() < deadline, message
+        time.sleep(0.25)
