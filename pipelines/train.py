@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from pipelines.train_ckpt import STATE_FILE, check_compatible
+from pipelines.train_ckpt import STATE_FILE, TrainInputError, check_compatible
 from pipelines.train_loop import RUN_NAME, LoopSpec, ray_worker_main, stage_name
 from vgt import io as vio
 from vgt.provenance import collect_provenance
@@ -37,6 +37,36 @@ def latest_checkpoint_state(out: str) -> dict | None:
     """state.json of the newest checkpoint under OUT/checkpoints (None before the first one)."""
     states = sorted(p for p in vio.glob(vio.join(out, RUN_NAME, "step-*", STATE_FILE)))
     return vio.read_json(states[-1]) if states else None
+
+
+def launch(args, stage: str, stage_key: str, ae: str | None = None, default_strategy_gpu: str = "ddp") -> dict:
+    """`vgt train-ae` / `vgt train-ar`: parsed flags -> checked inputs -> `fit`; returns the last metrics."""
+    from vgt.config import flat_keys, to_dict
+    from vgt.data import PreparedDataset
+    from vgt.presets import get_preset
+
+    if args.workers < 1:
+        raise TrainInputError("--workers must be at least 1")
+    base = get_preset(args.preset)
+    # `--data` takes several items, so trailing KEY=VALUE overrides land there: a known config key is one.
+    keys = set(flat_keys(base))
+    moved = [d for d in args.data if d.split("=", 1)[0] in keys]
+    cfg = get_preset(args.preset, list(args.overrides) + moved)
+    uris, weights = dataset_args([d for d in args.data if d not in moved])
+    for uri in uris:
+        PreparedDataset(uri)  # missing or unfinished datasets fail here, not inside a worker
+    steps = args.steps or getattr(cfg.train, stage_key).steps
+    spec = LoopSpec(stage=stage, stage_key=stage_key, config=to_dict(cfg), data=uris, out=args.out, steps=steps,
+                    weights=weights, init=args.init, ae=ae)
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=args.address)
+    metrics = fit(spec, args.workers, default_strategy_gpu)
+    print(f"{stage_key}: step {metrics.get('step')} of {steps}, loss {metrics.get('loss')}; "
+          f"run folder {args.out}" + (f", export {vio.join(args.out, 'export')}" if metrics.get("step") == steps else
+                                      " (stopped early: rerun to continue)"), flush=True)
+    return metrics
 
 
 def fit(spec: LoopSpec, workers: int, default_strategy_gpu: str = "ddp") -> dict:
@@ -98,9 +128,9 @@ def dataset_args(items: list[str]) -> tuple[list[str], list[float]]:
             try:
                 uri, weight = head, float(tail)
             except ValueError:
-                raise ValueError(f"dataset {item!r}: the weight after '=' must be a number") from None
+                raise TrainInputError(f"dataset {item!r}: the weight after '=' must be a number") from None
         if weight <= 0:
-            raise ValueError(f"dataset {item!r}: the weight must be positive")
+            raise TrainInputError(f"dataset {item!r}: the weight must be positive")
         uris.append(uri)
         weights.append(weight)
     return uris, weights

@@ -39,8 +39,8 @@ class Trainables:
     emas: dict[str, EMA] = field(default_factory=dict)
 
 
-class ResumeError(ValueError):
-    """A checkpoint that this run cannot continue from (other world size or strategy)."""
+class TrainInputError(ValueError):
+    """A run that cannot start as asked: bad flags, or a checkpoint it cannot continue from."""
 
 
 def _live_state(t: Trainables) -> tuple[dict[str, dict], dict[str, dict]]:
@@ -109,12 +109,12 @@ def read_state(folder: str) -> dict:
 
 def check_compatible(state: dict, world: int, strategy: str) -> None:
     if state["world_size"] != world:
-        raise ResumeError(
+        raise TrainInputError(
             f"the checkpoint at step {state['step']} was written by {state['world_size']} workers; this run "
             f"has {world}. The data order depends on the world size, so resuming would silently "
             f"change it: rerun with --workers {state['world_size']}, or start a new run folder.")
     if state["strategy"] != strategy:
-        raise ResumeError(f"the checkpoint was written with train.strategy={state['strategy']}; "
+        raise TrainInputError(f"the checkpoint was written with train.strategy={state['strategy']}; "
                           f"this run uses {strategy}")
 
 
@@ -156,7 +156,7 @@ def _fill_from_files(folder: str, flat: dict[str, torch.Tensor]) -> None:
             saved.update(load_file(os.path.join(folder, fname)))
     missing = sorted(set(flat) - set(saved))
     if missing:
-        raise ResumeError(f"checkpoint {folder!r} lacks {len(missing)} tensors, e.g. {missing[:3]}")
+        raise TrainInputError(f"checkpoint {folder!r} lacks {len(missing)} tensors, e.g. {missing[:3]}")
     with torch.no_grad():
         for k, target in flat.items():
             target.copy_(saved[k])

@@ -5,7 +5,8 @@ runs see different batches (environment notes §8). Each rank therefore reads it
 prepared parquet parts directly (vgt.data reader, pyarrow, local or s3://):
 
 * every part's row groups are cut into chunks of at most `chunk_rows` rows;
-* epoch e deals a seeded permutation of all chunks round-robin to the ranks;
+* epoch e lays all chunks end to end in a seeded order and gives rank r the r-th of `world` equal
+  contiguous slices, so every rank gets the same number of rows and reads only its own chunks;
 * a rank shuffles rows inside windows of `window` consecutive chunks (a bounded shuffle buffer:
   at most `window` chunks are held in memory);
 * each source is an endless stream per rank (epoch after epoch); the position is (epoch, index),
@@ -62,10 +63,8 @@ class PreparedSource:
         self.num_rows = sum(map(sum, groups))
         if self.num_rows < world_size:
             raise ValueError(f"{uri!r} has {self.num_rows} rows, fewer than the {world_size} workers")
-        # Small datasets are cut finer so that every rank gets chunks in every epoch.
-        rows = max(1, min(chunk_rows, self.num_rows // world_size))
-        self.chunks = [Chunk(p, g, s, min(s + rows, n))
-                       for p, sizes in enumerate(groups) for g, n in enumerate(sizes) for s in range(0, n, rows)]
+        self.chunks = [Chunk(p, g, s, min(s + chunk_rows, n)) for p, sizes in enumerate(groups)
+                       for g, n in enumerate(sizes) for s in range(0, n, chunk_rows)]
         self._cache: OrderedDict = OrderedDict()
         self._cache_size = cache
 
@@ -92,12 +91,29 @@ class PreparedSource:
 
 def epoch_order(sizes: list[int], seed: int, epoch: int, rank: int, world: int,
                 window: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(chunk ids, row offsets) this rank reads in `epoch`, in order; `sizes` are chunk lengths."""
-    mine = torch.randperm(len(sizes), generator=seeded(seed, "chunks", epoch))[rank::world]
+    """(chunk ids, row offsets) this rank reads in `epoch`, in order; `sizes` are chunk lengths.
+
+    The epoch's chunks are put in a seeded order and laid end to end; rank r takes the r-th of
+    `world` equal contiguous slices of that row sequence (the remainder is left out this epoch),
+    then rows are shuffled within windows of `window` consecutive chunks (pieces) of its slice.
+    """
+    order = torch.randperm(len(sizes), generator=seeded(seed, "chunks", epoch))
+    lengths = torch.tensor(sizes)[order]
+    ends = lengths.cumsum(0)
+    per = int(ends[-1]) // world
+    lo, hi = rank * per, (rank + 1) * per
+    first = int(torch.searchsorted(ends, lo, right=True))
+    pieces = []  # (chunk id, first offset, stop offset) of every chunk (piece) in the slice
+    for i in range(first, len(order)):
+        start = int(ends[i] - lengths[i])
+        if start >= hi:
+            break
+        pieces.append((int(order[i]), max(lo, start) - start, min(hi, int(ends[i])) - start))
     chunk_ids, offsets = [], []
-    for w in range(0, len(mine), window):
-        ids = torch.cat([torch.full((sizes[c],), int(c)) for c in mine[w:w + window]])
-        offs = torch.cat([torch.arange(sizes[c]) for c in mine[w:w + window]])
+    for w in range(0, len(pieces), window):
+        group = pieces[w:w + window]
+        ids = torch.cat([torch.full((b - a,), c) for c, a, b in group])
+        offs = torch.cat([torch.arange(a, b) for _, a, b in group])
         perm = torch.randperm(len(ids), generator=seeded(seed, "rows", epoch, rank, w))
         chunk_ids.append(ids[perm])
         offsets.append(offs[perm])

@@ -30,8 +30,8 @@ from vgt.presets import get_preset
 DIM = 8
 
 
-def toy_net() -> torch.nn.Sequential:
-    return torch.nn.Sequential(torch.nn.Linear(DIM, 32), torch.nn.Tanh(), torch.nn.Dropout(0.1),
+def toy_net(dropout: float) -> torch.nn.Sequential:
+    return torch.nn.Sequential(torch.nn.Linear(DIM, 32), torch.nn.Tanh(), torch.nn.Dropout(dropout),
                                torch.nn.Linear(32, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
 
 
@@ -46,7 +46,7 @@ class ToyStage:
     def __init__(self, spec: LoopSpec, env: WorkerEnv):
         self.env, train = env, spec.config["train"]
         self.s = s = train[spec.stage_key]
-        net = toy_net()
+        net = toy_net(spec.config.get("toy_dropout", 0.1))
         model = distribute(net, env, blocks=[net[0], net[3]],
                            activation_checkpointing=train["activation_checkpointing"])
         opt = adamw(param_groups(unwrap(model).named_parameters(), s["lr"], s["weight_decay"]), s["lr"], s["betas"])
@@ -81,7 +81,8 @@ def write_toy_dataset(folder: str, sizes=(40, 24), seed: int = 0) -> str:
     parts = {}
     for i, n in enumerate(sizes):
         x = torch.randn(n, DIM, generator=gen)
-        table = pa.table({"x": x.tolist(), "y": torch.sin(x.sum(1)).tolist()})
+        ids = list(range(sum(sizes[:i]), sum(sizes[:i + 1])))
+        table = pa.table({"id": ids, "x": x.tolist(), "y": torch.sin(x.sum(1)).tolist()})
         pq.write_table(table, part_uri(folder, f"part-toy-{i}"), row_group_size=16)
         parts[f"part-toy-{i}"] = {"complete": True, "rows_out": n, "source": "toy"}
     write_manifest(folder, {"kind": KIND, "format_version": FORMAT_VERSION, "parts": parts})
@@ -116,6 +117,87 @@ def exported(out: str) -> dict[str, torch.Tensor]:
 # ---------------------------------------------------------------- in-process (no Ray)
 
 
+class RecordingToyStage(ToyStage):
+    """Keeps the live weights after every step (for the hand-computed EMA)."""
+
+    history: list[dict[str, torch.Tensor]] = []
+
+    def step(self, rows, step, generator):
+        metrics = super().step(rows, step, generator)
+        params = unwrap(self.trainables.modules["model"]).named_parameters()
+        RecordingToyStage.history.append({k: v.detach().double().clone() for k, v in params})
+        return metrics
+
+
+def test_data_order_is_a_pure_function_of_seed_epoch_rank_world(tmp_path):
+    data = write_toy_dataset(str(tmp_path / "data"))
+
+    def feed(rank, world=2, seed=7):
+        return MixedFeed([data], [1.0], ["id"], seed, rank, world, chunk_rows=16, window=2)
+
+    ids = lambda batch: [r["id"] for r in batch]  # noqa: E731
+    a, b = feed(0), feed(0)
+    run_a = [ids(a.batch(s, 4)) for s in range(12)]
+    assert run_a == [ids(b.batch(s, 4)) for s in range(12)]
+    # One epoch = 32 rows per rank; the two ranks partition the 64 rows; epoch 2 is reshuffled.
+    r1 = feed(1)
+    epoch0 = sum(run_a[:8], [])
+    other = sum((ids(r1.batch(s, 4)) for s in range(8)), [])
+    assert sorted(epoch0 + other) == list(range(64))
+    assert sorted(sum(run_a[8:12], [])) != sorted(epoch0[:16])
+    assert epoch0 != sum((ids(feed(0, seed=8).batch(s, 4)) for s in range(8)), [])
+    assert epoch0 != sum((ids(MixedFeed([data], [1.0], ["id"], 7, 0, 4, 16, 2).batch(s, 4)) for s in range(8)), [])
+    # Resume mid-epoch from the saved position: the same batches follow.
+    c = feed(0)
+    for s in range(5):
+        c.batch(s, 4)
+    d = feed(0)
+    d.load_state(json.loads(json.dumps(c.state())))
+    assert [ids(d.batch(s, 4)) for s in range(5, 12)] == run_a[5:12]
+
+
+def test_weighted_mixing_is_deterministic(tmp_path):
+    a = write_toy_dataset(str(tmp_path / "a"), sizes=(40,), seed=1)
+    b = write_toy_dataset(str(tmp_path / "b"), sizes=(24,), seed=2)
+    sources = [[r["_source"] for s in range(100) for r in MixedFeed([a, b], [3.0, 1.0], ["id"], 0, 0, 1).batch(s, 4)]
+               for _ in range(2)]
+    assert sources[0] == sources[1]
+    assert 0.7 < sources[0].count(0) / 400 < 0.8  # weight 3:1 -> 0.75
+
+
+def test_gradient_accumulation_2x4_equals_batch_8(tmp_path):
+    data = write_toy_dataset(str(tmp_path / "data"))
+    runs = {}
+    for batch, accum in ((8, 1), (4, 2)):
+        spec = toy_spec([data], str(tmp_path / f"b{batch}"), steps=6, batch_size=batch, grad_accum=accum)
+        spec.config["toy_dropout"] = 0.0  # dropout masks depend on the micro-batch shapes
+        runs[batch] = [r["loss"] for r in run_loop(spec, WorkerEnv()) if "loss" in r], exported(spec.out)
+    (loss8, w8), (loss4, w4) = runs[8], runs[4]
+    # Same rows, same maths; only the summation order differs (fp32 CPU: ~1e-7 relative).
+    assert loss4 == pytest.approx(loss8, rel=1e-5)
+    assert all(torch.allclose(w4[k], w8[k], rtol=1e-5, atol=1e-6) for k in w8)
+
+
+def test_ema_and_lr_schedule_match_hand_computation(tmp_path):
+    data = write_toy_dataset(str(tmp_path / "data"))
+    spec = toy_spec([data], str(tmp_path / "run"), steps=8, ema_start=3, ema_decay=0.9, warmup_steps=2)
+    spec.stage = RecordingToyStage
+    RecordingToyStage.history.clear()
+    recs = [r for r in run_loop(spec, WorkerEnv()) if "loss" in r]
+    hist = RecordingToyStage.history
+    ema = dict(hist[2])  # updates 1..3 copy the weights
+    for weights in hist[3:]:
+        ema = {k: 0.9 * ema[k] + 0.1 * weights[k] for k in ema}
+    out = exported(spec.out)
+    assert all(torch.allclose(out[k].double(), ema[k], rtol=0, atol=1e-6) for k in ema)
+    assert not torch.equal(out["0.weight"].double(), hist[-1]["0.weight"])  # the EMA, not the live weights
+    # Warm-up 1/2, 2/2, then half-cosine from 1e-2 to 1e-3 over updates 3..8.
+    expected = [1e-2 * k / 2 for k in (1, 2)] + [1e-3 + 9e-3 * 0.5 * (1 + math.cos(math.pi * (k - 2) / 6))
+                                                 for k in range(3, 9)]
+    assert [r["lr"] for r in recs] == pytest.approx(expected, rel=1e-12)
+    assert warmup_cosine(2, 8, 0.1)(7) == pytest.approx(0.1)
+
+
 def test_single_process_loop_learns_and_exports(tmp_path):
     data = write_toy_dataset(str(tmp_path / "data"))
     spec = toy_spec([data], str(tmp_path / "run"), steps=30, ema_start=100)
@@ -139,7 +221,10 @@ def fit_toy(spec: LoopSpec, workers: int = 2) -> None:
     fit(spec, workers)
 
 
-def test_exact_resume_mid_epoch(ray_cluster, tmp_path):
+def test_exact_resume_mid_epoch_fault_tolerance_and_world_size(ray_cluster, tmp_path):
+    from pipelines.train import fit
+    from pipelines.train_ckpt import TrainInputError
+
     data = write_toy_dataset(str(tmp_path / "data"))
     full = toy_spec([data], str(tmp_path / "full"), steps=12)
     fit_toy(full)
@@ -147,10 +232,24 @@ def test_exact_resume_mid_epoch(ray_cluster, tmp_path):
     part = toy_spec([data], str(tmp_path / "part"), steps=12, stop_at=5)
     fit_toy(part)
     assert starts(part.out) == [0]
+    with pytest.raises(TrainInputError, match="written by 2 workers; this run has 1"):
+        fit(toy_spec([data], part.out, steps=12), workers=1)
     fit_toy(toy_spec([data], part.out, steps=12))
     assert starts(part.out) == [0, 5]
     a, b = losses(full.out), losses(part.out)
     assert sorted(a) == sorted(b) == list(range(1, 13))
-    assert all(a[s] == b[s] for s in range(6, 13))  # bitwise
-    wa, wb = exported(full.out), exported(part.out)
+    assert all(a[s] == b[s] for s in range(6, 13))  # bitwise, steps k+1..n
+    assert_same_weights(full.out, part.out)
+    # Rank 1 dies at step 10; the group restarts from the step-8 checkpoint (not from 0).
+    faulty = toy_spec([data], str(tmp_path / "faulty"), steps=12, fail_at_step=10, max_failures=1)
+    fit_toy(faulty)
+    assert starts(faulty.out) == [0, 8]
+    assert os.path.exists(os.path.join(faulty.out, "injected-failure-step-10"))
+    assert all(a[s] == losses(faulty.out)[s] for s in range(1, 13))
+    assert_same_weights(full.out, faulty.out)
+
+
+def assert_same_weights(out_a: str, out_b: str) -> None:
+    wa, wb = exported(out_a), exported(out_b)
+    assert sorted(wa) == sorted(wb)
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
