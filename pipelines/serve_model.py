@@ -17,102 +17,112 @@ import numpy as np
 from .serve_api import Cancelled, ModelInfo, SampleJob
 
 log = logging.getLogger("ray.serve")
-STRIDE = 28  # pixels per latent token side (the VLM vision towers' patch x merge)
+STRIDE = 28  # pixels per latent token side: every backbone's vision tower (patch 14 x merge 2)
 
 
-def fetch(uri: str, component: str) -> tuple[str, object]:
-    """(local folder of `component`, handle keeping a temporary download alive)."""
+def fetch(uri: str, index: dict, components: tuple[str, ...], tmp: str) -> dict[str, str]:
+    """Local folders of the named components; s3:// ones are downloaded under `tmp` first."""
     from vgt import io as vio
 
-    source = vio.join(uri, component)
-    if not vio.is_s3(uri):
-        return source, None
-    tmp = tempfile.TemporaryDirectory(prefix=f"vgt-serve-{component}-")
-    return vio.local_copy(source, tmp.name), tmp
+    return {c: vio.local_copy(vio.join(uri, index["components"][c]), f"{tmp}/{c}") for c in components}
+
+
+def check_fingerprint(uri: str, index: dict, component: str, fingerprint: str) -> None:
+    """The loaded component must be the one the index names (not a stray copy from another export)."""
+    from vgt.artifacts import ArtifactError
+
+    expected = index.get("fingerprints", {}).get(component)
+    if expected != fingerprint:
+        raise ArtifactError(f"{uri!r}: {component} fingerprint {fingerprint} differs from {expected} in its index")
 
 
 def device_and_dtype():
-    """cuda + bf16 autocast when a GPU is visible to this replica, else cpu + fp32."""
+    """cuda + bf16 weights when a GPU is visible to this replica (as `vgt generate --bf16`), else cpu + fp32."""
     import torch
 
     if torch.cuda.is_available():
         return torch.device("cuda"), torch.bfloat16
-    return torch.device("cpu"), None
+    return torch.device("cpu"), torch.float32
 
 
 class SamplerModel:
-    """Tokenizer + AR model: prompts -> normalised latents, one generator per image."""
+    """Tokenizer + AR model of a pipeline folder: prompts -> normalised latents, one generator per image."""
 
     def __init__(self, uri: str, model_name: str):
-        import torch
-
         from vgt.ar.model import VGTModel
+        from vgt.ar.prompts import load_tokenizer_folder
+        from vgt.config import VGTConfig, from_dict
+        from vgt.pipeline import read_index
 
         start = time.perf_counter()
-        folder, self._tmp = fetch(uri, "ar")
-        self.device, self.dtype = device_and_dtype()
-        self.model = VGTModel.from_pretrained(folder).to(self.device).eval()
-        cfg = pipeline_config(uri)
-        self.sample_cfg = cfg.sample
-        torch.set_grad_enabled(False)
+        index = read_index(uri)  # checks the pipeline format version
+        self.config = from_dict(VGTConfig, index["config"])
+        with tempfile.TemporaryDirectory(prefix="vgt-serve-") as tmp:
+            local = fetch(uri, index, ("tokenizer", "ar"), tmp)
+            model = VGTModel.from_pretrained(local["ar"], tokenizer=load_tokenizer_folder(local["tokenizer"]))
+        check_fingerprint(uri, index, "ar", model.fingerprint)
+        self.device, dtype = device_and_dtype()
+        self.model = model.to(self.device, dtype).eval()
+        s = self.config.sample
         self.info = ModelInfo(
-            id=model_name, native_size=(cfg.data.resolution,) * 2, stride=STRIDE,
-            max_grid=self.model.config.max_grid, guidance_scale=self.sample_cfg.guidance_scale,
-            num_steps=self.sample_cfg.num_steps, parallel_tokens=self.sample_cfg.parallel_tokens,
-            min_num_steps=2 if self.sample_cfg.sampler == "sde" else 1,
-            fingerprints={"ar": self.model.fingerprint})
-        log.info("sampler: loaded %s (ar fingerprint %s) on %s in %.1fs", uri, self.model.fingerprint,
-                 self.device, time.perf_counter() - start)
+            id=model_name, native_size=(self.config.data.resolution,) * 2, stride=STRIDE,
+            max_grid=model.config.max_grid, guidance_scale=s.guidance_scale, num_steps=s.num_steps,
+            parallel_tokens=s.parallel_tokens, min_num_steps=2 if s.sampler == "sde" else 1,
+            fingerprints={"ar": model.fingerprint})
+        log.info("sampler: loaded %s (ar %s) on %s in %.1fs", uri, model.fingerprint, self.device,
+                 time.perf_counter() - start)
 
     def sample(self, jobs: list[SampleJob], stop: Callable[[], bool]) -> np.ndarray:
-        """Latents [sum n, C, h, w] (fp32) for jobs of equal settings; raises Cancelled when `stop()`."""
+        """Latents [sum n, C, h, w] (fp32) for jobs of equal settings; raises Cancelled once `stop()`.
+        Image i of a job uses `image_generator(seed, i)`, as `VGTPipeline(..., seed=seed)` does."""
         from vgt.ar.sampling import image_generator, sample_latents
 
-        first, cfg = jobs[0], self.sample_cfg
+        first, s = jobs[0], self.config.sample
 
         def progress(done: int, total: int) -> None:
             if stop():
                 raise Cancelled(f"stopped after {done}/{total} groups")
 
-        with _autocast(self.device, self.dtype):
-            latents = sample_latents(
-                self.model, [j.prompt for j in jobs for _ in range(j.n)],
-                [image_generator(j.seed, i) for j in jobs for i in range(j.n)], first.grid,
-                guidance_scale=first.guidance_scale, cfg_schedule=cfg.cfg_schedule, num_steps=first.num_steps,
-                parallel_tokens=first.parallel_tokens, order=cfg.order, method=cfg.sampler,
-                feed_mode=cfg.feed_mode, progress=progress)
+        latents = sample_latents(
+            self.model, [j.prompt for j in jobs for _ in range(j.n)],
+            [image_generator(j.seed, i) for j in jobs for i in range(j.n)], first.grid,
+            guidance_scale=first.guidance_scale, cfg_schedule=s.cfg_schedule, num_steps=first.num_steps,
+            parallel_tokens=first.parallel_tokens, order=s.order, method=s.sampler, feed_mode=s.feed_mode,
+            progress=progress)
         return latents.float().cpu().numpy()
 
 
 class DecoderModel:
-    """The AE decoder: latents -> uint8 RGB images [B, H, W, 3]."""
+    """The AE of a pipeline folder: latents -> uint8 RGB images [B, H, W, 3]."""
 
     def __init__(self, uri: str):
-        import torch
-
-        from vgt.ae.model import VGTAutoencoder
+        from vgt.ae import VGTAutoencoder
+        from vgt.pipeline import read_index
 
         start = time.perf_counter()
-        folder, self._tmp = fetch(uri, "ae")
+        index = read_index(uri)
+        with tempfile.TemporaryDirectory(prefix="vgt-serve-") as tmp:
+            ae = VGTAutoencoder.from_pretrained(fetch(uri, index, ("ae",), tmp)["ae"])
+        check_fingerprint(uri, index, "ae", ae.fingerprint)
+        self.fingerprint = ae.fingerprint
         self.device, self.dtype = device_and_dtype()
-        self.ae = VGTAutoencoder.from_pretrained(folder).to(self.device).eval()
-        self.fingerprint = self.ae.fingerprint
-        torch.set_grad_enabled(False)
-        log.info("decoder: loaded %s (ae fingerprint %s) on %s in %.1fs", uri, self.fingerprint, self.device,
+        self.ae = ae.to(self.device, self.dtype).eval()
+        log.info("decoder: loaded %s (ae %s) on %s in %.1fs", uri, self.fingerprint, self.device,
                  time.perf_counter() - start)
 
     def decode(self, latents: np.ndarray) -> np.ndarray:
         import torch
 
-        with _autocast(self.device, self.dtype):
-            pixels = self.ae.decode(torch.from_numpy(latents).to(self.device))
+        with torch.inference_mode():  # grad mode is per thread: set it in the worker thread itself
+            pixels = self.ae.decode(torch.from_numpy(latents).to(self.device, self.dtype))
         return to_uint8(pixels)
 
 
 def to_uint8(pixels) -> np.ndarray:
-    """[B, 3, H, W] in [-1, 1] -> uint8 [B, H, W, 3]."""
-    return ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(dtype=__import__("torch").uint8) \
-        .permute(0, 2, 3, 1).cpu().numpy()
+    """[B, 3, H, W] in [-1, 1] -> uint8 [B, H, W, 3] (the rounding VGTPipeline.decode uses)."""
+    import torch
+
+    return ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def encode_image(image: np.ndarray, fmt: str) -> bytes:
@@ -123,19 +133,3 @@ def encode_image(image: np.ndarray, fmt: str) -> bytes:
     options = {"png": {}, "jpeg": {"quality": 95}, "webp": {"quality": 95}}[fmt]
     Image.fromarray(image).save(buf, format=fmt.upper(), **options)
     return buf.getvalue()
-
-
-def _autocast(device, dtype):
-    import contextlib
-
-    import torch
-
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
-
-
-def pipeline_config(uri: str):
-    """The VGTConfig recorded in the pipeline folder's index."""
-    from vgt import io as vio
-    from vgt.config import VGTConfig, from_dict
-
-    return from_dict(VGTConfig, vio.read_json(vio.join(uri, "model_index.json"))["config"])

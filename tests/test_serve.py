@@ -38,19 +38,14 @@ TEST_DEPLOYMENTS = {
 
 
 def write_tiny_pipeline(folder) -> None:
+    """What `vgt init --preset tiny --out FOLDER` writes."""
     import torch
 
-    from vgt import io as vio
-    from vgt.ae.model import VGTAutoencoder
-    from vgt.ar.model import VGTModel
-    from vgt.config import to_dict
+    from vgt.pipeline import VGTPipeline
     from vgt.presets import get_preset
 
     torch.manual_seed(0)
-    cfg = get_preset("tiny")
-    VGTModel(cfg.ar, latent_dim=cfg.ae.latent_channels).save_pretrained(str(folder / "ar"))
-    VGTAutoencoder.from_config(cfg.ae).save_pretrained(str(folder / "ae"))
-    vio.write_json(str(folder / "model_index.json"), {"config": to_dict(cfg)})
+    VGTPipeline.from_config(get_preset("tiny")).save_pretrained(str(folder))
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +61,7 @@ def service(ray_cluster, tmp_path_factory):
                             deployments=placement_overrides("auto"))
     config = with_overrides(config, deployments=TEST_DEPLOYMENTS)
     url = deploy(config, timeout_s=240)
-    yield {"url": url, "config": config}
+    yield {"url": url, "config": config, "folder": str(folder)}
     serve.delete("vgt")
     if started:
         serve.shutdown()
@@ -113,6 +108,8 @@ def replicas(deployment: str) -> int:
 def test_openai_client_generates_images_and_seeds_repeat_bytes(service):
     import openai
 
+    from vgt.pipeline import VGTPipeline
+
     client = openai.OpenAI(base_url=f"{service['url']}/v1", api_key=KEY, max_retries=0)
     result = client.images.generate(model="tiny", prompt=PROMPT, n=2, size="112x112",
                                     response_format="b64_json", extra_body={"seed": 11})
@@ -123,6 +120,13 @@ def test_openai_client_generates_images_and_seeds_repeat_bytes(service):
                                    response_format="b64_json", extra_body={"seed": 11})
     assert [d.b64_json for d in again.data] == [d.b64_json for d in result.data]
     assert client.models.list().data[0].id == "tiny"
+    # The same images as the pipeline in this process, at the served defaults (the preset's sample
+    # config); other thread counts than the replica's: +-1 level at most.
+    pipe = VGTPipeline.from_pretrained(service["folder"])
+    s = pipe.config.sample
+    local = pipe(PROMPT, num_images_per_prompt=2, seed=11, guidance_scale=s.guidance_scale, num_steps=s.num_steps,
+                 parallel_tokens=s.parallel_tokens)
+    assert max(np.abs(im.astype(int) - np.asarray(ref)).max() for im, ref in zip(images, local)) <= 1
 
 
 def test_response_carries_request_id_and_assigned_seed(service):
