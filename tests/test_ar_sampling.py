@@ -114,7 +114,7 @@ CAPTIONS = ["a red apple", "a small dog", "two cats on a sofa", "a lighthouse at
 @pytest.mark.parametrize("preset", PRESETS)
 def test_overfitting_a_few_pairs_learns_them(preset):
     """200 AdamW steps on 4 fixed (caption, latent) pairs: the flow loss (mean of 4 fixed draws) falls
-    below 30% of its start, and each caption's samples land nearest to its own latent. Control: the
+    below 25% of its start, and each caption's samples land nearest to its own latent. Control: the
     same samples scored against a shuffled caption->latent assignment match none."""
     model = build_model(preset, ["ar.cfg_dropout=0.0"], random_head=False)
     targets = random_latents(4, seed=11)
@@ -134,7 +134,7 @@ def test_overfitting_a_few_pairs_learns_them(preset):
         loss.backward()
         opt.step()
     model.eval()
-    assert eval_loss() < 0.3 * start
+    assert eval_loss() < 0.25 * start
     z = sample_latents(model, CAPTIONS, [image_generator(0, i) for i in range(4)], (4, 4), guidance_scale=1.0,
                        num_steps=8, parallel_tokens=1)
     dist = torch.cdist(z.flatten(1), targets.flatten(1))
