@@ -38,11 +38,11 @@ def run_prep_latents(data: str, ae: str, output: str | None = None, batch_size: 
     """Encode every part of `data` lacking latents of `ae`; write to `output` (default: in place)."""
     started = time.time()
     src = PreparedDataset(data)
-    out = output or data
+    out = data if output is None or output.rstrip("/") == data.rstrip("/") else output
     fingerprint = read_component_config(ae, "ae")["fingerprint"]
     manifest = _start(src, out, ae, fingerprint, overwrite)
     done = manifest["latents"]["parts"]
-    todo = [p.name for p in src.parts if layout.part_file(p.name) not in done]
+    todo = [p.name for p in src.parts if p.name not in done]
     layout.write_manifest(out, manifest)
     log.info("prep-latents: %d part(s) to encode, %d already done", len(todo), len(src.parts) - len(todo))
     options = dict(src=data, out=out, ae=ae, fingerprint=fingerprint, resolution=src.resolution,
@@ -78,7 +78,8 @@ def _start(src: PreparedDataset, out: str, ae: str, fingerprint: str, overwrite:
                                "resolution": src.resolution, "dtype": "float16", "shape": None, "parts": {}}
     if not in_place:  # a copied dataset is only as done as the part files actually present there
         present = layout.part_files(out)
-        manifest["latents"]["parts"] = {f: e for f, e in manifest["latents"]["parts"].items() if f in present}
+        manifest["latents"]["parts"] = {name: e for name, e in manifest["latents"]["parts"].items()
+                                        if layout.part_file(name) in present}
     manifest["latents"]["provenance"] = collect_provenance(command="prep-latents", ae=ae, data=src.uri)
     return manifest
 
@@ -93,6 +94,8 @@ def _encode_parts(todo: list[str], options: dict, concurrency: int, num_gpus: fl
         return
     import ray
 
+    if not ray.is_initialized():  # RAY_ADDRESS (e.g. under `ray job submit`) or a local cluster
+        ray.init()
     if num_gpus is None:  # one GPU per actor when the cluster has any
         num_gpus = 1 if ray.cluster_resources().get("GPU", 0) > 0 else 0
     ds = ray.data.from_items(
@@ -148,7 +151,7 @@ class PartEncoder:
                 writer.write_table(table.append_column(layout.LATENT_FIELDS[1], shape_col),
                                    row_group_size=layout.ROW_GROUP_ROWS)
                 rows, shape = rows + batch.num_rows, shape_col[0].as_py()
-        return {"part": layout.part_file(name), "rows": rows, "shape": shape,
+        return {"part": name, "rows": rows, "shape": shape,
                 "seconds": round(time.perf_counter() - start, 3)}
 
     def _next_pixels(self, batches):

@@ -37,7 +37,7 @@ def run_prep(inputs: list[str], output: str, cfg: VGTConfig, overwrite: bool = F
     built, last_write = [], time.time()
     for stats in _build_parts(todo, cfg.data, output, concurrency):
         manifest["parts"][stats["part"]] = stats
-        (manifest.get("latents") or {}).get("parts", {}).pop(layout.part_file(stats["part"]), None)
+        (manifest.get("latents") or {}).get("parts", {}).pop(stats["part"], None)  # its latents are gone
         built.append(stats)
         log.info("[%d/%d] %s: %d kept, %d rejected (%.1f s)", len(built), len(todo), stats["part"],
                  stats["rows_out"], stats["rejected"], stats["seconds"])
@@ -56,11 +56,10 @@ def run_prep(inputs: list[str], output: str, cfg: VGTConfig, overwrite: bool = F
 
 def start_manifest(output: str, plan: list[dict], cfg: VGTConfig, overwrite: bool) -> tuple[dict, list[dict]]:
     """(manifest to continue, parts to build): checks an existing output against this run."""
-    old = load_manifest(output)
     if overwrite:
         remove_dataset(output)
-        old = None
-    elif old is None and layout.part_files(output):
+    old = load_manifest(output)
+    if old is None and layout.part_files(output):
         raise ArtifactError(f"{output!r} holds part files but no {layout.MANIFEST}; pass --overwrite to replace them")
     data_cfg = to_dict(cfg.data)
     if old is not None:
@@ -121,6 +120,8 @@ def _build_parts(todo: list[dict], data_cfg: DataConfig, output: str, concurrenc
         return
     import ray
 
+    if not ray.is_initialized():  # RAY_ADDRESS (e.g. under `ray job submit`) or a local cluster
+        ray.init()
     ds = ray.data.from_items(
         todo,
         # One block per input file, so every part is its own task and parts run in parallel.

@@ -29,19 +29,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
+    from pipelines.prep import run_prep
+    from pipelines.prep_plan import InputError
     from ray_jobs._entry import UserError
     from vgt.presets import get_preset
 
     cfg = get_preset(args.preset, args.overrides)
     if args.concurrency is not None and args.concurrency < 1:
         raise UserError("--concurrency must be at least 1")
-    import ray
 
-    from pipelines.prep import run_prep
-    from pipelines.prep_plan import InputError
-
-    if not ray.is_initialized():
-        ray.init(address=args.address)
+    if args.address:  # Ray starts only once there is work: input mistakes fail fast, without a cluster
+        os.environ["RAY_ADDRESS"] = args.address
     try:
         manifest = run_prep(args.input, args.output, cfg, overwrite=args.overwrite, concurrency=args.concurrency)
     except InputError as e:

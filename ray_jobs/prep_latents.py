@@ -31,17 +31,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
+
+    from pipelines.latents import run_prep_latents
     from ray_jobs._entry import UserError
 
     for flag in ("batch_size", "concurrency"):
         if getattr(args, flag) < 1:
             raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
-    import ray
-
-    from pipelines.latents import run_prep_latents
-
-    if not ray.is_initialized():
-        ray.init(address=args.address)
+    if args.address:  # Ray starts only once there is work: input mistakes fail fast, without a cluster
+        os.environ["RAY_ADDRESS"] = args.address
     run_prep_latents(args.data, args.ae, args.output, batch_size=args.batch_size, concurrency=args.concurrency,
                      num_gpus=args.num_gpus, num_cpus=args.num_cpus, bf16=args.bf16, overwrite=args.overwrite)
     return 0

@@ -126,7 +126,8 @@ def test_s3_in_and_out(ray_cluster, s3_bucket, tmp_path, cfg):
     index = write_index(str(tmp_path / "idx"), [("x.png", image_bytes(fmt="PNG"), "on s3")])
     fs.put(str(tmp_path / "idx") + "/", f"{s3_bucket}/raw/idx/", recursive=True)
     out = f"s3://{s3_bucket}/prepared"
-    m = run_prep([f"s3://{s3_bucket}/raw/web/*.tar", f"s3://{s3_bucket}/raw/idx/{os.path.basename(index)}"], out, cfg)
+    m = run_prep([f"s3://{s3_bucket}/raw/web/*.tar", f"s3://{s3_bucket}/raw/idx/{os.path.basename(index)}"], out, cfg,
+                 concurrency=1)
     assert m["sources"]["web"]["rows_out"] == 3 and m["sources"]["index"]["rows_out"] == 1
     ds = PreparedDataset(out)  # manifest, parts and rejects all on S3
     assert ds.manifest["counts"]["rows_out"] == 4 and ds.num_rows == 4

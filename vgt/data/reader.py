@@ -96,7 +96,7 @@ class PreparedDataset:
             raise LatentMismatchError(f"{self.uri!r} holds latents of AE {have}, not of this AE {ae_fingerprint}; "
                                       "rerun `vgt prep-latents --overwrite` with this AE")
         done = self.manifest["latents"]["parts"]
-        missing = [p.name for p in self.parts if layout.part_file(p.name) not in done]
+        missing = [p.name for p in self.parts if p.name not in done]
         if missing:
             raise LatentMismatchError(f"{self.uri!r}: {len(missing)} part(s) lack latents ({', '.join(missing[:3])}); "
                                       "rerun `vgt prep-latents`")
