@@ -13,7 +13,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from vgt.config import DataConfig, from_dict
-from vgt.data.clean import DUPLICATE_KEY, Reject, clean_sample
+from vgt.data.clean import DUPLICATE_KEY, UNEXPECTED_ERROR, Reject, clean_sample
 from vgt.data.layout import (PART_SCHEMA, REJECT_SCHEMA, ROW_GROUP_ROWS, committed_local_path,
                              part_uri, rejects_uri, write_table_atomic)
 from vgt.data.sources import ShardError, iter_samples
@@ -91,7 +91,9 @@ def _clean(raw, key: str, seen: set[str], rejects: _Rejects, cfg: DataConfig) ->
         return clean_sample(raw.image, raw.caption, cfg)
     except Reject as r:
         rejects.add(key, r.reason, r.detail)
-        return None
+    except Exception as e:  # one odd row must not cost the whole part: count it under its own reason
+        rejects.add(key, UNEXPECTED_ERROR, f"{type(e).__name__}: {e}"[:300])
+    return None
 
 
 def _flush(writer: pq.ParquetWriter, buffer: list[dict]) -> int:

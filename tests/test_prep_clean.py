@@ -59,6 +59,12 @@ def test_resize_keeps_aspect_without_crop():
     assert shorter_side_size(90, 100, 112) == (112, 124)    # upscaled: 100*112/90 = 124.4
     row = clean_sample(image_bytes((300, 150)), "x", CFG)
     assert (row["width"], row["height"]) == (224, 112) == Image.open(io.BytesIO(row["image"])).size
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: stored 120x150, shown rotated by 90 degrees -> 150x120
+    buf = io.BytesIO()
+    Image.open(io.BytesIO(image_bytes((120, 150)))).save(buf, "JPEG", exif=exif)
+    row = clean_sample(buf.getvalue(), "x", CFG)
+    assert (row["width"], row["height"]) == (140, 112)
 
 
 def test_caption_cleanup_and_rejections():

@@ -30,9 +30,10 @@ DUPLICATE_KEY = "duplicate_key"          # the same key twice in one input file
 BAD_RECORD = "bad_record"                # an index entry that is not a JSON object
 TRUNCATED_SHARD = "truncated_shard"      # an input file ends mid-record; that record is lost
 UNREADABLE_SHARD = "unreadable_shard"    # an input file cannot be opened/parsed at all
+UNEXPECTED_ERROR = "unexpected_error"    # any other exception on one row (its type is in the detail)
 REASONS = (MISSING_IMAGE, MISSING_CAPTION, EMPTY_CAPTION, CAPTION_TOO_LONG, CAPTION_NOT_UTF8,
            TOO_MANY_PIXELS, UNDECODABLE_IMAGE, CORRUPT_IMAGE, UNSUPPORTED_MODE, TOO_SMALL, BAD_ASPECT,
-           DUPLICATE_KEY, BAD_RECORD, TRUNCATED_SHARD, UNREADABLE_SHARD)
+           DUPLICATE_KEY, BAD_RECORD, TRUNCATED_SHARD, UNREADABLE_SHARD, UNEXPECTED_ERROR)
 
 IMAGE_FORMATS = {"jpeg": "JPEG", "png": "PNG"}
 _HIGH_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N")
@@ -80,8 +81,8 @@ def open_checked(data: bytes, cfg: DataConfig) -> Image.Image:
             img = Image.open(io.BytesIO(data))
         except Image.DecompressionBombError as e:  # above 2x PIL's limit: certainly above ours too
             raise Reject(TOO_MANY_PIXELS, str(e)) from None
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
-            raise Reject(UNDECODABLE_IMAGE, str(e)) from None
+        except Exception as e:  # UnidentifiedImageError, and plugins' struct/index errors on junk headers
+            raise Reject(UNDECODABLE_IMAGE, f"{type(e).__name__}: {e}") from None
     w, h = img.size
     if w * h > cfg.max_pixels:
         raise Reject(TOO_MANY_PIXELS, f"{w}x{h} > {cfg.max_pixels} pixels")
@@ -100,6 +101,9 @@ def to_rgb(img: Image.Image) -> Image.Image:
         raise Reject(CORRUPT_IMAGE, str(e)) from None
     try:
         img = ImageOps.exif_transpose(img)  # phone photos are often stored rotated + an EXIF tag
+    except Exception:  # a damaged EXIF block: the pixels are fine, keep them as stored
+        pass
+    try:
         if img.mode in _HIGH_BIT_MODES:  # 16/32-bit grey: scale to 8 bits instead of clipping at 255
             img = img.convert("I").point(lambda v: v * (1 / 256)).convert("L")
         if img.mode in _ALPHA_MODES or "transparency" in img.info:  # palette/grey/RGB + tRNS too
