@@ -18,12 +18,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
     parser.add_argument("--height", type=int, help="image height in px (default: the preset resolution)")
     parser.add_argument("--width", type=int, help="image width in px (default: the preset resolution)")
-    parser.add_argument("--guidance", type=float, default=4.5, help="classifier-free guidance scale (1 = off)")
+    parser.add_argument("--guidance", type=float,
+                        help="classifier-free guidance scale, 1 = off (default: the pipeline config, 4.5 in presets)")
     parser.add_argument("--cfg-schedule", choices=["linear", "constant"],
                         help="guidance over the generation order (default: from the pipeline config)")
     parser.add_argument("--steps", type=int, help="flow-head sampling steps per token (default: config)")
-    parser.add_argument("--parallel", type=int, default=16, help="latent tokens per LLM step (default 16)")
-    parser.add_argument("--order", choices=["random", "raster"], default="random", help="token generation order")
+    parser.add_argument("--parallel", type=int,
+                        help="latent tokens per LLM step, capped at the token count (default: the pipeline config)")
+    parser.add_argument("--order", choices=["random", "raster"], help="token generation order (default: config)")
     parser.add_argument("--sampler", choices=["sde", "ode"], help="flow sampler (default: config)")
     parser.add_argument("--feed-mode", choices=["pairs", "parity"], help="KV feed scheme (default: config)")
     parser.add_argument("--batch-size", type=int, default=8, help="images sampled together (default 8)")
@@ -62,14 +64,16 @@ def run(args: argparse.Namespace) -> int:
     jobs = [(k, p) for k, p in enumerate(p for p in prompts for _ in range(args.n))]
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipe = VGTPipeline.from_pretrained(args.model).to(device, torch.bfloat16 if args.bf16 else None)
+    defaults = pipe.config.sample
     vio.makedirs(args.out)
     records = []
     with tqdm(total=len(jobs), unit="img", desc="generate") as bar:
         for start in range(0, len(jobs), args.batch_size):
             batch = jobs[start:start + args.batch_size]
             latents = pipe.sample_latents(
-                [p for _, p in batch], height=args.height, width=args.width, guidance_scale=args.guidance,
-                num_steps=args.steps, parallel_tokens=args.parallel, order=args.order,
+                [p for _, p in batch], height=args.height, width=args.width,
+                guidance_scale=defaults.guidance_scale if args.guidance is None else args.guidance,
+                num_steps=args.steps, parallel_tokens=args.parallel or defaults.parallel_tokens, order=args.order or defaults.order,
                 generators=[image_generator(args.seed, k) for k, _ in batch], cfg_schedule=args.cfg_schedule,
                 sampler=args.sampler, feed_mode=args.feed_mode)
             size = pipe.image_size(args.height, args.width)
