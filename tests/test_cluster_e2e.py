@@ -98,13 +98,13 @@ class Head:
     def wait_ready(self, timeout_s: float = 120) -> None:
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline:
-            assert self.proc.poll() is None, Path(self.log.name).read_text()
+            assert self.proc.poll() is None, self.diagnostics()
             try:
                 get_json(f"{self.dashboard}/api/jobs/")  # the job API answers once the head is up
                 return
             except OSError:
                 time.sleep(1)
-        raise TimeoutError(Path(self.log.name).read_text())
+        raise TimeoutError(self.diagnostics())
 
     def stop(self) -> None:
         """SIGTERM to our `ray start --block` (it stops the processes it started), then SIGKILL
@@ -130,10 +130,20 @@ class Head:
                "--working-dir", ".", "--runtime-env-json", json.dumps({"excludes": EXCLUDES}),
                "--", *entrypoint]
         done = subprocess.run(cmd, cwd=REPO, env=self.env, capture_output=True, text=True, timeout=timeout_s)
-        job = get_json(f"{self.dashboard}/api/jobs/{job_id}")
-        job["logs"] = get_json(f"{self.dashboard}/api/jobs/{job_id}/logs")["logs"]
+        try:
+            job = get_json(f"{self.dashboard}/api/jobs/{job_id}")
+            job["logs"] = get_json(f"{self.dashboard}/api/jobs/{job_id}/logs")["logs"]
+        except OSError as e:
+            raise AssertionError(f"job API unreachable after submit: {e}\n{done.stdout}{done.stderr}\n"
+                                 f"{self.diagnostics()}") from e
         job["returncode"], job["cli_output"] = done.returncode, done.stdout + done.stderr
         return job
+
+    def diagnostics(self) -> str:
+        """Tails of this head's own logs, for failure messages."""
+        logs = self.temp_dir / "session_latest" / "logs"
+        files = [Path(self.log.name), logs / "dashboard.log", logs / "dashboard.err", logs / "gcs_server.err"]
+        return "\n".join(f"--- {p}\n{p.read_text(errors='replace')[-3000:]}" for p in files if p.is_file())
 
     def node_ids(self) -> list[str]:
         return [n["node_id"] for n in get_json(f"{self.dashboard}/api/v0/nodes")["data"]["result"]["result"]]
@@ -153,7 +163,7 @@ def head():
 
 
 def assert_ran_here(head: Head, job: dict, entrypoint: list[str]) -> None:
-    assert job["returncode"] == 0 and job["status"] == "SUCCEEDED", job["cli_output"] + job["logs"]
+    assert job["returncode"] == 0 and job["status"] == "SUCCEEDED", job["cli_output"] + job["logs"] + head.diagnostics()
     assert job["entrypoint"] == " ".join(entrypoint)
     # The driver ran on this head (the only node of this cluster), with only the working dir.
     assert head.node_ids() == [job["driver_node_id"]]
