@@ -2,7 +2,9 @@
 
 One application is deployed for the module from cluster/serve.yaml (the production file) with
 test overrides: a tiny random-weight pipeline, fractional CPUs, short autoscaling delays. Tests
-run in file order and share it; the ones that change deployment options do so last or restore them.
+run in file order and share it (one deployment instead of one per test keeps the module near two
+minutes): the scaling tests follow one another (1 -> 2 sampler replicas, a kill, back to 1), and
+the two that redeploy with other options come last.
 """
 from __future__ import annotations
 
@@ -58,7 +60,7 @@ def service(ray_cluster, tmp_path_factory):
     write_tiny_pipeline(folder)
     started = not _serve_running(ray_cluster)
     config = with_overrides(load_config(), model=str(folder), host="127.0.0.1", port=free_port(),
-                            deployments=placement_overrides("auto"))
+                            args={"model_name": "tiny"}, deployments=placement_overrides("auto"))
     config = with_overrides(config, deployments=TEST_DEPLOYMENTS)
     url = deploy(config, timeout_s=240)
     yield {"url": url, "config": config, "folder": str(folder)}
@@ -95,6 +97,27 @@ async def load(url: str, bodies: list[dict], concurrency: int) -> list[httpx.Res
             async with gate:
                 return await client.post(f"{url}/v1/images/generations", json=body)
         return await asyncio.gather(*(one(b) for b in bodies))
+
+
+async def sustained(url: str, until, concurrency: int = 8) -> list[httpx.Response]:
+    """Keep `concurrency` requests in flight until the coroutine `until()` returns; every request
+    started is awaited (none is cancelled), and all responses are returned."""
+    stop, responses = asyncio.Event(), []
+    async with httpx.AsyncClient(timeout=180, headers={"Authorization": f"Bearer {KEY}"}) as client:
+        async def worker(w: int):
+            for i in range(10**6):
+                if stop.is_set():
+                    return
+                body = {"prompt": PROMPT, "seed": w * 10**6 + i, "num_steps": 8}
+                responses.append(await client.post(f"{url}/v1/images/generations", json=body))
+
+        workers = [asyncio.ensure_future(worker(w)) for w in range(concurrency)]
+        try:
+            await until()
+        finally:
+            stop.set()
+            await asyncio.gather(*workers)
+    return responses
 
 
 def replicas(deployment: str) -> int:
@@ -193,6 +216,36 @@ def test_requests_with_different_settings_share_a_batch_correctly(service):
     assert [r.json()["data"] for r in together] == alone  # each group ran exactly as alone
 
 
+def test_sampler_autoscales_up_while_decoder_stays(service):
+    decoder_seen: set[int] = set()
+
+    async def until_two_samplers():
+        deadline = time.monotonic() + 90
+        while replicas("ARSampler") < 2:
+            decoder_seen.add(replicas("AEDecoder"))
+            assert time.monotonic() < deadline, "the sampler did not scale to 2 replicas"
+            await asyncio.sleep(0.25)
+
+    assert replicas("ARSampler") == 1
+    responses = asyncio.run(sustained(service["url"], until_two_samplers))
+    assert decoder_seen == {1} and {r.status_code for r in responses} == {200}
+
+
+def test_killing_a_sampler_replica_during_load_fails_no_request(service):
+    import ray
+
+    async def kill_one_sampler_mid_load():
+        await asyncio.sleep(1.0)
+        victim = next(a for a in ray.util.list_named_actors(all_namespaces=True)
+                      if a["name"].startswith("SERVE_REPLICA") and "ARSampler" in a["name"])
+        ray.kill(ray.get_actor(victim["name"], namespace=victim["namespace"]), no_restart=True)
+        await asyncio.sleep(3.0)  # keep the load on while the router notices
+
+    responses = asyncio.run(sustained(service["url"], kill_one_sampler_mid_load))
+    assert [r.status_code for r in responses] == [200] * len(responses)
+    assert sum(int(r.headers["x-vgt-retries"]) for r in responses) >= 1  # the kill hit requests in flight
+
+
 def test_bounded_load_has_no_errors_and_batches(service):
     url = service["url"]
     bodies = [{"prompt": f"{PROMPT} {i % 5}", "seed": i, "num_steps": 2} for i in range(64)]
@@ -206,47 +259,16 @@ def test_bounded_load_has_no_errors_and_batches(service):
         assert np.abs(pixels(responses[i].json()["data"][0]["b64_json"]) - solo).max() <= 1
 
 
-# -- scaling and faults -------------------------------------------------------------------------
-def test_sampler_autoscales_up_and_back_while_decoder_stays(service):
-    url = service["url"]
-    _wait(lambda: replicas("ARSampler") == 1, 30, "sampler back at 1 replica before the test")
-    bodies = [{"prompt": PROMPT, "seed": i, "num_steps": 8} for i in range(400)]
-    decoder_seen: set[int] = set()
+def test_sampler_scales_back_and_the_service_recovers(service):
+    from ray import serve
 
-    async def drive():
-        task = asyncio.ensure_future(load(url, bodies, concurrency=8))
-        deadline = time.monotonic() + 60
-        while replicas("ARSampler") < 2:
-            decoder_seen.add(replicas("AEDecoder"))
-            assert time.monotonic() < deadline, "the sampler did not scale to 2 replicas"
-            await asyncio.sleep(0.25)
-        task.cancel()
+    def settled() -> bool:
+        app = serve.status().applications["vgt"]
+        states = {name: d.replica_states for name, d in app.deployments.items()}
+        return app.status == "RUNNING" and states["ARSampler"] == {"RUNNING": 1} == states["AEDecoder"]
 
-    asyncio.run(drive())
-    assert decoder_seen == {1}
-    _wait(lambda: replicas("ARSampler") == 1, 60, "the sampler did not scale back to 1 replica")
-    assert replicas("AEDecoder") == 1
-
-
-def test_killing_a_sampler_replica_during_load_fails_no_request(service):
-    import ray
-
-    url = service["url"]
-    bodies = [{"prompt": PROMPT, "seed": i, "num_steps": 30, "n": 2} for i in range(32)]
-
-    async def drive():
-        task = asyncio.ensure_future(load(url, bodies, concurrency=8))
-        await asyncio.sleep(0.5)
-        victim = next(a for a in ray.util.list_named_actors(all_namespaces=True)
-                      if "ARSampler" in a["name"] and a["name"].startswith("SERVE_REPLICA"))
-        ray.kill(ray.get_actor(victim["name"], namespace=victim["namespace"]), no_restart=True)
-        return await task
-
-    responses = asyncio.run(drive())
-    assert [r.status_code for r in responses] == [200] * len(bodies)
-    assert sum(int(r.headers["x-vgt-retries"]) for r in responses) >= 1  # the kill hit requests in flight
-    _wait(lambda: replicas("ARSampler") >= 1, 60, "the sampler did not recover")
-    assert post(url, {"prompt": PROMPT, "seed": 1}).status_code == 200
+    _wait(settled, 90, "the sampler did not scale back to one healthy replica")
+    assert post(service["url"], {"prompt": PROMPT, "seed": 1}).status_code == 200
 
 
 def test_backpressure_returns_503_quickly(service):

@@ -103,3 +103,15 @@ def test_config_overrides_touch_only_what_they_name():
     assert sampler["max_queued_requests"] == 2 and sampler["autoscaling_config"]["min_replicas"] == 1
     assert app_of(cfg)["args"]["model"] == "/m/tiny" and url_of(cfg) == "http://127.0.0.1:8123"
     assert app_of(base)["args"]["model"] != "/m/tiny"  # the loaded config is not modified
+
+
+def test_app_builder_checks_its_args():
+    from pipelines.serve import build_app
+
+    with pytest.raises(ValueError, match="needs args.model"):
+        build_app({})
+    with pytest.raises(ValueError, match=r"unknown vgt serve args \['modle'\]"):
+        build_app({"model": "/m", "modle": "/m"})
+    with pytest.raises(ValueError, match="unknown limits"):
+        build_app({"model": "/m", "limits": {"max_images": 2}})
+    assert build_app(app_of(load_config())["args"]) is not None  # the shipped config's args build
