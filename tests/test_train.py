@@ -16,13 +16,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load as st_load
+from safetensors.torch import save as st_save
 
 from pipelines.train_ckpt import Trainables
 from pipelines.train_data import MixedFeed, epoch_order
 from pipelines.train_dist import WorkerEnv, accumulate, clip_and_step, distribute, split, unwrap
 from pipelines.train_loop import LoopSpec, run_loop
 from pipelines.train_optim import EMA, adamw, param_groups, scheduler, warmup_cosine
+from vgt import io as vio
 from vgt.config import to_dict
 from vgt.data.layout import FORMAT_VERSION, KIND, part_uri, write_manifest
 from vgt.presets import get_preset
@@ -70,8 +72,7 @@ class ToyStage:
         return {**terms, "grad_norm": norm}
 
     def export(self, folder, weights):
-        os.makedirs(folder, exist_ok=True)
-        save_file(weights["model"], os.path.join(folder, "model.safetensors"))
+        vio.write_bytes(vio.join(folder, "model.safetensors"), st_save(weights["model"]))
 
 
 def write_toy_dataset(folder: str, sizes=(40, 24), seed: int = 0) -> str:
@@ -100,18 +101,20 @@ def toy_spec(data: list[str], out: str, steps: int, **train) -> LoopSpec:
     return LoopSpec(stage=ToyStage, stage_key="ar_pretrain", config=cfg, data=data, out=out, steps=steps)
 
 
+def metrics(out: str) -> list[dict]:
+    return [json.loads(line) for line in vio.read_bytes(vio.join(out, "metrics.jsonl")).decode().splitlines()]
+
+
 def losses(out: str) -> dict[int, float]:
-    with open(os.path.join(out, "metrics.jsonl")) as f:
-        return {r["step"]: r["loss"] for r in map(json.loads, f) if "loss" in r}
+    return {r["step"]: r["loss"] for r in metrics(out) if "loss" in r}
 
 
 def starts(out: str) -> list[int]:
-    with open(os.path.join(out, "metrics.jsonl")) as f:
-        return [r["step"] for r in map(json.loads, f) if r.get("event") == "start"]
+    return [r["step"] for r in metrics(out) if r.get("event") == "start"]
 
 
 def exported(out: str) -> dict[str, torch.Tensor]:
-    return load_file(os.path.join(out, "export", "model.safetensors"))
+    return st_load(vio.read_bytes(vio.join(out, "export", "model.safetensors")))
 
 
 # ---------------------------------------------------------------- in-process (no Ray)
@@ -221,32 +224,61 @@ def fit_toy(spec: LoopSpec, workers: int = 2) -> None:
     fit(spec, workers)
 
 
-def test_exact_resume_mid_epoch_fault_tolerance_and_world_size(ray_cluster, tmp_path):
+@pytest.fixture(scope="module")
+def toy_data(tmp_path_factory) -> str:
+    return write_toy_dataset(str(tmp_path_factory.mktemp("toy") / "data"))
+
+
+@pytest.fixture(scope="module")
+def toy_full(ray_cluster, toy_data, tmp_path_factory) -> str:
+    """The uninterrupted reference: 12 steps on 2 DDP workers, checkpoints every 4."""
+    spec = toy_spec([toy_data], str(tmp_path_factory.mktemp("toy") / "full"), steps=12)
+    fit_toy(spec)
+    return spec.out
+
+
+def test_exact_resume_mid_epoch_and_world_size_check(toy_data, toy_full, tmp_path):
     from pipelines.train import fit
     from pipelines.train_ckpt import TrainInputError
 
-    data = write_toy_dataset(str(tmp_path / "data"))
-    full = toy_spec([data], str(tmp_path / "full"), steps=12)
-    fit_toy(full)
     # 64 rows / (2 ranks x 4) = 8 steps per epoch: stopping at 5 is mid-epoch, 12 is in epoch 2.
-    part = toy_spec([data], str(tmp_path / "part"), steps=12, stop_at=5)
+    part = toy_spec([toy_data], str(tmp_path / "part"), steps=12, stop_at=5)
     fit_toy(part)
     assert starts(part.out) == [0]
     with pytest.raises(TrainInputError, match="written by 2 workers; this run has 1"):
-        fit(toy_spec([data], part.out, steps=12), workers=1)
-    fit_toy(toy_spec([data], part.out, steps=12))
+        fit(toy_spec([toy_data], part.out, steps=12), workers=1)
+    fit_toy(toy_spec([toy_data], part.out, steps=12))
     assert starts(part.out) == [0, 5]
-    a, b = losses(full.out), losses(part.out)
+    a, b = losses(toy_full), losses(part.out)
     assert sorted(a) == sorted(b) == list(range(1, 13))
     assert all(a[s] == b[s] for s in range(6, 13))  # bitwise, steps k+1..n
-    assert_same_weights(full.out, part.out)
-    # Rank 1 dies at step 10; the group restarts from the step-8 checkpoint (not from 0).
-    faulty = toy_spec([data], str(tmp_path / "faulty"), steps=12, fail_at_step=10, max_failures=1)
+    assert_same_weights(toy_full, part.out)
+
+
+def test_injected_failure_resumes_from_last_checkpoint(toy_data, toy_full, tmp_path):
+    # Rank 1 dies after step 10; the group restarts from the step-8 checkpoint (not from 0).
+    faulty = toy_spec([toy_data], str(tmp_path / "faulty"), steps=12, fail_at_step=10, max_failures=1)
     fit_toy(faulty)
     assert starts(faulty.out) == [0, 8]
     assert os.path.exists(os.path.join(faulty.out, "injected-failure-step-10"))
-    assert all(a[s] == losses(faulty.out)[s] for s in range(1, 13))
-    assert_same_weights(full.out, faulty.out)
+    assert losses(faulty.out) == losses(toy_full)
+    assert_same_weights(toy_full, faulty.out)
+
+
+def test_fsdp2_matches_ddp_and_resumes_from_s3(toy_data, toy_full, s3_bucket):
+    """FSDP2 (sharded DCP checkpoints) with the run folder on the loopback S3 server, stopped at
+    step 5 and resumed from S3; losses and weights equal DDP's up to reduction order (1e-5)."""
+    out = f"s3://{s3_bucket}/fsdp2"
+    fit_toy(toy_spec([toy_data], out, steps=12, strategy="fsdp2", stop_at=5))
+    shards = vio.glob(f"{out}/checkpoints/step-00000005/dcp/*.safetensors")
+    assert len(shards) == 2  # one per rank
+    fit_toy(toy_spec([toy_data], out, steps=12, strategy="fsdp2"))
+    assert starts(out) == [0, 5]
+    ddp, fsdp = losses(toy_full), losses(out)
+    assert sorted(fsdp) == list(range(1, 13))
+    assert [fsdp[s] for s in fsdp] == pytest.approx([ddp[s] for s in fsdp], rel=1e-5)
+    wd, wf = exported(toy_full), exported(out)
+    assert all(torch.allclose(wd[k], wf[k], rtol=1e-5, atol=1e-6) for k in wd)
 
 
 def assert_same_weights(out_a: str, out_b: str) -> None:
