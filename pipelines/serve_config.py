@@ -97,6 +97,26 @@ def _deployed_time() -> float:
     return app.last_deployed_time_s if app else 0.0
 
 
+def serve_running() -> bool:
+    """Whether Serve already runs on the connected Ray cluster (then its HTTP options are fixed)."""
+    import ray
+
+    try:
+        ray.get_actor("SERVE_CONTROLLER_ACTOR", namespace="serve")
+        return True
+    except ValueError:
+        return False
+
+
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (for local runs next to other services)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def url_of(config: dict) -> str:
     http = config.get("http_options", {})
     host = http.get("host", "127.0.0.1")

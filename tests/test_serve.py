@@ -54,11 +54,11 @@ def write_tiny_pipeline(folder) -> None:
 def service(ray_cluster, tmp_path_factory):
     from ray import serve
 
-    from pipelines.serve_config import deploy, load_config, placement_overrides, with_overrides
+    from pipelines.serve_config import deploy, load_config, placement_overrides, serve_running, with_overrides
 
     folder = tmp_path_factory.mktemp("pipe") / "tiny"
     write_tiny_pipeline(folder)
-    started = not _serve_running(ray_cluster)
+    started = not serve_running()
     config = with_overrides(load_config(), model=str(folder), host="127.0.0.1", port=free_port(),
                             args={"model_name": "tiny"}, deployments=placement_overrides("auto"))
     config = with_overrides(config, deployments=TEST_DEPLOYMENTS)
@@ -67,14 +67,6 @@ def service(ray_cluster, tmp_path_factory):
     serve.delete("vgt")
     if started:
         serve.shutdown()
-
-
-def _serve_running(ray) -> bool:
-    try:
-        ray.get_actor("SERVE_CONTROLLER_ACTOR", namespace="serve")
-        return True
-    except ValueError:
-        return False
 
 
 def post(url: str, body: dict | bytes, key: str | None = KEY, timeout: float = 120, **headers) -> httpx.Response:
