@@ -16,7 +16,7 @@ import pyarrow as pa
 import torch
 
 from pipelines.train_ckpt import Trainables
-from pipelines.train_dist import WorkerEnv, accumulate, clip_and_step, distribute, split, unwrap
+from pipelines.train_dist import WorkerEnv, accumulate, clip_and_step, distribute, gathered, split
 from pipelines.train_images import image_grid
 from pipelines.train_loop import LoopSpec
 from pipelines.train_optim import EMA, adamw, param_groups, scheduler
@@ -92,20 +92,21 @@ class ARStage:
         return self.trainables.schedulers["model"].get_last_lr()[0]
 
     def inputs(self, rows: list[dict]) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """(latents [B, C, h, w] fp32, centre-crop pixels or None): stored latents where present."""
-        pixels = center_crop_pixels([r["image"] for r in rows], self.size) if "image" in rows[0] else None
-        stored = [i for i, r in enumerate(rows) if r.get("latent") is not None]
-        missing = [i for i in range(len(rows)) if i not in stored]
+        """(latents [B, C, h, w] fp32, centre-crop pixels when every row has its image, else None).
+        Stored latents where a row has them; the others are encoded now."""
+        imaged = [i for i, r in enumerate(rows) if "image" in r]
+        pixels = center_crop_pixels([rows[i]["image"] for i in imaged], self.size) if imaged else None
+        stored = [i for i, r in enumerate(rows) if "latent" in r]
+        missing = [i for i in range(len(rows)) if "latent" not in rows[i]]
         out = torch.empty(len(rows), self.ae.config.latent_channels, *self.grid)
         if stored:
             arr = latents_from_columns(pa.array([rows[i]["latent"] for i in stored], pa.binary()),
                                        pa.array([rows[i]["latent_shape"] for i in stored]))
             out[stored] = torch.from_numpy(arr).float()
         if missing:
-            crops = pixels[missing] if pixels is not None else center_crop_pixels(
-                [rows[i]["image"] for i in missing], self.size)
+            crops = pixels[[imaged.index(i) for i in missing]]
             out[missing] = torch.from_numpy(encode_pixels(self.ae, crops)).float()
-        return out, pixels
+        return out, pixels if len(imaged) == len(rows) else None
 
     def step(self, rows: list[dict], step: int, generator: torch.Generator) -> dict:
         s, env, t = self.s, self.env, self.trainables
@@ -139,10 +140,10 @@ class ARStage:
         captions = [r["caption"] for r in rows[:PREVIEW_IMAGES]]
         sample = self.cfg.sample
         self.model.eval()
-        latents = sample_latents(unwrap(self.trainables.modules["model"]), captions,
-                                 [image_generator(step, i) for i in range(len(captions))], self.grid,
-                                 guidance_scale=sample.guidance_scale, num_steps=sample.num_steps,
-                                 parallel_tokens=min(sample.parallel_tokens, self.grid[0] * self.grid[1]))
+        with gathered(self.model), self.env.autocast():
+            latents = sample_latents(self.model, captions, [image_generator(step, i) for i in range(len(captions))],
+                                     self.grid, guidance_scale=sample.guidance_scale, num_steps=sample.num_steps,
+                                     parallel_tokens=min(sample.parallel_tokens, self.grid[0] * self.grid[1]))
         self.model.train()
         return image_grid([self.ae.decode(latents.to(self.env.device))])
 

@@ -86,6 +86,24 @@ def distribute(module: nn.Module, env: WorkerEnv, blocks: Iterable[nn.Module] = 
     return module
 
 
+@contextlib.contextmanager
+def gathered(module: nn.Module):
+    """Every FSDP2 unit unsharded, for calls that bypass `forward` (sampling); no-op otherwise.
+
+    Units whose forward runs inside reshard again after it; the rest stay whole until the end.
+    """
+    from torch.distributed.fsdp import FSDPModule
+
+    units = [m for m in module.modules() if isinstance(m, FSDPModule)]
+    for unit in units:
+        unit.unshard()
+    try:
+        yield module
+    finally:
+        for unit in units:
+            unit.reshard()
+
+
 def unwrap(module: nn.Module) -> nn.Module:
     return module.module if isinstance(module, nn.parallel.DistributedDataParallel) else module
 
