@@ -11,10 +11,10 @@ REAL = ["internvl3-1b", "internvl3-2b", "qwen25vl-3b"]
 
 
 def test_preset_names():
-    assert list_presets() == ["tiny", "tiny-qwen", *REAL]
+    assert list_presets() == ["tiny", "tiny-qwen", "demo", *REAL]
 
 
-@pytest.mark.parametrize("name", ["tiny", "tiny-qwen", *REAL])
+@pytest.mark.parametrize("name", ["tiny", "tiny-qwen", "demo", *REAL])
 def test_presets_round_trip_through_json(name):
     cfg = get_preset(name)
     assert cfg.name == name

@@ -46,6 +46,30 @@ def _tiny(name: str, family: str, hf_config: dict, timeshift: float | None) -> V
         sample=SampleConfig(num_steps=4, parallel_tokens=4))
 
 
+def _demo() -> VGTConfig:
+    """`vgt demo` on synthetic shapes (README "Calibration"): a 4-layer 192-wide LLM (1.7M
+    parameters + 0.1M projections/queries), a 224 x 4 flow head (1.2M), the tiny vision tower and a
+    DC-AE decoder without blocks at full resolution (half the cost), 112 px, 4x4x32 latents.
+    One AE stage with the channel LayerNorm on (the AR stage samples normalised latents), MSE only
+    (no perceptual weights, no GAN). Step counts fit the demo's default budget on 2 cores."""
+    hf_config = copy.deepcopy(TINY_INTERNVL)
+    hf_config["text_config"].update(hidden_size=192, intermediate_size=512, num_hidden_layers=4,
+                                    num_attention_heads=4, num_key_value_heads=2)
+    cfg = _tiny("demo", "internvl", hf_config, timeshift=1.4)
+    cfg.ae.decoder.dc_config["decoder_layers_per_block"] = [0, 1, 1, 1, 1, 1]
+    cfg.ar.head = FlowHeadConfig(width=224, depth=4, timeshift=1.4)
+    cfg.data.image_format = "png"  # flat colours: lossless
+    cfg.train = TrainConfig(
+        ae_stage1=AEStageConfig(steps=1200, batch_size=8, lr=3e-3, end_lr=3e-4, warmup_steps=20, encoder_lr_mult=1.0,
+                                encoder_norm=True, noise_gamma=0.0, distill_weight=0.0, lpips_weight=0.0,
+                                convnext_weight=0.0, gan_weight=0.0, disc_start=10**9),
+        ar_pretrain=ARStageConfig(steps=1500, batch_size=32, lr=1e-3, end_lr=1e-4, warmup_steps=50,
+                                  ema_decay=0.999, ema_start=200),
+        checkpoint_every=500, log_every=10, sample_every=0, cpus_per_worker=0.5)
+    cfg.sample = SampleConfig(guidance_scale=3.0, cfg_schedule="constant", num_steps=16, parallel_tokens=4)
+    return cfg
+
+
 DC_AE_SANA_ID = "mit-han-lab/dc-ae-f32c32-sana-1.1-diffusers"
 # transformers-native checkpoints (InternVLForConditionalGeneration; no remote code) and their tokenizers
 _HUB = {"internvl3-1b": ("internvl", "OpenGVLab/InternVL3-1B-hf", INTERNVL3_1B),
@@ -73,6 +97,8 @@ def _real(name: str, ae_vlm: str, ar_vlm: str, timeshift: float | None) -> VGTCo
 _PRESETS: dict[str, Callable[[], VGTConfig]] = {
     "tiny": lambda: _tiny("tiny", "internvl", TINY_INTERNVL, timeshift=1.4),
     "tiny-qwen": lambda: _tiny("tiny-qwen", "qwen2_5_vl", TINY_QWEN, timeshift=None),
+    # what `vgt demo` trains on synthetic shapes in its default budget (README "Calibration")
+    "demo": _demo,
     # VGT-InternVL3 "0.6B": AE and AR both on InternVL3-1B
     "internvl3-1b": lambda: _real("internvl3-1b", "internvl3-1b", "internvl3-1b", timeshift=1.4),
     # VGT-InternVL3 "1.6B": the same InternVL3-1B-based AE; AR on InternVL3-2B's LLM (spec §1.1)

@@ -3,7 +3,7 @@ a fixed held-out set of attribute combinations, and a deterministic detector + G
 from .detect import Detection, detect
 from .render import render
 from .score import score_images, summarize
-from .vocab import ObjectSpec, PromptSpec, caption, eval_prompts, heldout, train_specs
+from .vocab import ObjectSpec, PromptSpec, caption, eval_prompts, heldout, spec_of, train_specs
 
 __all__ = ["Detection", "ObjectSpec", "PromptSpec", "caption", "detect", "eval_prompts", "heldout", "render",
-           "score_images", "summarize", "train_specs"]
+           "score_images", "spec_of", "summarize", "train_specs"]

@@ -112,6 +112,22 @@ def all_specs() -> list[PromptSpec]:
     return singles + pairs
 
 
+def spec_of(text: str) -> PromptSpec:
+    """The spec behind a caption this vocabulary writes (either object order for two-object ones)."""
+    if not _BY_CAPTION:
+        for spec in all_specs():
+            _BY_CAPTION[caption(spec)] = spec
+            if spec.kind == "two":
+                _BY_CAPTION[caption(PromptSpec(spec.objects[::-1]))] = PromptSpec(spec.objects[::-1])
+    try:
+        return _BY_CAPTION[text]
+    except KeyError:
+        raise ValueError(f"not a shapes caption: {text!r}") from None
+
+
+_BY_CAPTION: dict[str, PromptSpec] = {}
+
+
 def train_specs() -> list[PromptSpec]:
     return [s for s in all_specs() if not heldout(s)]
 

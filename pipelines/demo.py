@@ -1,0 +1,220 @@
+"""`vgt demo`: every stage of the pipeline on one embedded local Ray cluster, on synthetic shapes.
+
+(1) data: WebDataset shards of captioned shapes (Ray tasks); the held-out combinations only in a
+    separate evaluation split; (2) `vgt prep` of both splits; (3) `vgt train-ae`; (4) `vgt
+    prep-latents`; (5) `vgt train-ar`; (6) the Serve app; (7) the held-out prompts over HTTP;
+    (8) scores, reconstruction metrics, report.html + metrics.json. The cluster is started here and
+    shut down at the end (also on errors), so no process is left behind.
+
+Every stage has a share of the time budget. Training steps come from a short in-process probe of
+the stage's step time on this machine (capped at the preset's steps), so the run fits the budget
+on slower machines too; `steps` fixes them instead.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+
+from vgt import io as vio
+
+# Stage -> share of the total budget (sums to 1). Training gets most; the rest are mostly fixed
+# costs (Ray Train worker start, Serve deploy) measured on 2 cores.
+BUDGET_SHARES = {"data": 0.03, "prep": 0.07, "train-ae": 0.28, "prep-latents": 0.04, "train-ar": 0.42,
+                 "serve": 0.05, "generate": 0.06, "report": 0.05}
+TRAIN_FIXED_S = 25.0  # Ray Train start-up + export per training stage, not available for steps
+PROBE_STEPS = 4  # steps timed in-process before each training stage (the first one is warm-up)
+DDP_SPEEDUP = 1.6  # 2 workers x 1 thread against the probe's 1 thread on the same batch
+
+
+@dataclass
+class DemoOptions:
+    out: str
+    budget_minutes: float = 15.0
+    steps: int | None = None  # training steps of both stages (default: from the budget)
+    n: int = 2  # images per held-out prompt, one HTTP request each
+    train_images: int = 4000
+    heldout_images: int = 96
+    shard_size: int = 500
+    workers: int = 2
+    seed: int = 0
+    preset: str = "demo"
+    overrides: list[str] = field(default_factory=list)
+
+
+class Stages:
+    """Numbered progress lines and per-stage wall times against the budget."""
+
+    def __init__(self, budget_s: float):
+        self.budget_s, self.started, self.times = budget_s, time.time(), {}
+
+    def budget(self, name: str) -> float:
+        return BUDGET_SHARES[name] * self.budget_s
+
+    def run(self, name: str, fn, *args, **kwargs):
+        index = list(BUDGET_SHARES).index(name) + 1
+        print(f"[demo {index}/{len(BUDGET_SHARES)}] {name} (budget {self.budget(name):.0f} s, "
+              f"{time.time() - self.started:.0f} s elapsed)", flush=True)
+        start = time.time()
+        result = fn(*args, **kwargs)
+        self.times[name] = round(time.time() - start, 1)
+        print(f"[demo {index}/{len(BUDGET_SHARES)}] {name} done in {self.times[name]:.1f} s", flush=True)
+        return result
+
+
+def _cli(*argv: str) -> None:
+    from ray_jobs._entry import UserError
+    from ray_jobs.cli import main
+
+    if main(list(argv)) != 0:
+        raise UserError(f"`vgt {' '.join(argv)}` failed (see above)")
+
+
+def start_ray(temp_dir: str, num_cpus: int = 2) -> None:
+    import ray
+
+    # Loopback only, no usage stats, fast Train health checks (environment notes §4).
+    for key, value in {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
+                       "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
+                       "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}.items():
+        os.environ.setdefault(key, value)
+    if ray.is_initialized():
+        raise RuntimeError("vgt demo starts its own Ray cluster; run it outside an initialised Ray session")
+    ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=512 * 1024**2,
+             log_to_driver=False, _temp_dir=temp_dir, configure_logging=False)
+
+
+def write_data(opts: DemoOptions, data: str) -> dict:
+    import ray
+
+    from vgt.eval.shapes.dataset import shard_sizes, write_shard
+
+    task = ray.remote(num_cpus=1)(write_shard)
+    jobs = [task.remote(data, i, n, opts.seed, "train") for i, n in enumerate(shard_sizes(opts.train_images,
+                                                                                         opts.shard_size))]
+    jobs += [task.remote(data, i, n, opts.seed, "heldout")
+             for i, n in enumerate(shard_sizes(opts.heldout_images, opts.shard_size))]
+    return {"shards": len(ray.get(jobs)), "train_images": opts.train_images, "heldout_images": opts.heldout_images}
+
+
+def probe_step_seconds(stage: str, stage_key: str, config: dict, data: str, ae: str | None) -> float:
+    """Seconds per optimiser step of `stage` here, one thread (median of the timed steps)."""
+    import statistics
+
+    import torch
+
+    from pipelines.train_dist import WorkerEnv
+    from pipelines.train_loop import LoopSpec, run_loop
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with tempfile.TemporaryDirectory(prefix="vgt-demo-probe-") as tmp:
+            spec = LoopSpec(stage=stage, stage_key=stage_key, config=config, data=[data], out=tmp,
+                            steps=PROBE_STEPS + 1, ae=ae)
+            records = [r for r in run_loop(spec, WorkerEnv()) if "samples_per_s" in r]
+    finally:
+        torch.set_num_threads(threads)
+    batch = config["train"][stage_key]["batch_size"]
+    return statistics.median(batch / r["samples_per_s"] for r in records[1:])
+
+
+def plan_steps(opts: DemoOptions, budget_s: float, stage: str, stage_key: str, cfg, data: str,
+               ae: str | None = None) -> dict:
+    from vgt.config import to_dict
+
+    cap = getattr(cfg.train, stage_key).steps
+    if opts.steps is not None:
+        return {"steps": opts.steps, "preset_steps": cap}
+    step_s = probe_step_seconds(stage, stage_key, to_dict(cfg), data, ae) / DDP_SPEEDUP
+    fit = int(max(budget_s - TRAIN_FIXED_S, 0) / step_s)
+    return {"steps": max(10, min(cap, fit)), "preset_steps": cap, "probe_step_seconds": round(step_s, 4)}
+
+
+def train(opts: DemoOptions, command: str, stage: str, out: str, steps: int, *extra: str) -> None:
+    _cli(command, "--preset", opts.preset, "--stage", stage, "--out", out, "--steps", str(steps),
+         "--workers", str(opts.workers), *extra, *opts.overrides)
+
+
+def serve_model(model: str) -> str:
+    """Deploy the Serve app (cluster/serve.yaml, CPU placement) on a free loopback port; its URL."""
+    import socket
+
+    from pipelines.serve_config import DEFAULT_CONFIG, deploy, load_config, placement_overrides, with_overrides
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    config = with_overrides(load_config(DEFAULT_CONFIG), model=model, host="127.0.0.1", port=port,
+                            deployments=placement_overrides("auto"))
+    return deploy(config, timeout_s=300)
+
+
+def run_demo(opts: DemoOptions) -> dict:
+    """Run every stage; returns metrics.json's content (also written to OUT)."""
+    from vgt.presets import get_preset
+
+    cfg = get_preset(opts.preset, opts.overrides)
+    out = opts.out
+    paths = {k: vio.join(out, v) for k, v in {
+        "shards": "data/shards", "prepared": "data/prepared", "heldout": "data/heldout", "latents": "data/latents",
+        "ae_run": "runs/ae", "ar_run": "runs/ar", "shapes": "shapes", "report": "report"}.items()}
+    paths.update(root=out, ae=vio.join(paths["ae_run"], "export"), pipeline=vio.join(paths["ar_run"], "export"))
+    stages = Stages(opts.budget_minutes * 60)
+    temp_dir = tempfile.mkdtemp(prefix="vgt-demo-ray-")
+    metrics: dict = {"options": asdict(opts), "ray_temp_dir": temp_dir, "paths": paths, "stage_seconds": stages.times}
+    start_ray(temp_dir)
+    try:
+        metrics["data"] = stages.run("data", write_data, opts, paths["shards"])
+        stages.run("prep", _prep_both, opts, paths)
+        metrics["train_ae"] = plan = plan_steps(opts, stages.budget("train-ae"), "pipelines.train_ae:AEStage",
+                                                "ae_stage1", cfg, paths["prepared"])
+        stages.run("train-ae", train, opts, "train-ae", "stage1", paths["ae_run"], plan["steps"],
+                   "--data", paths["prepared"])
+        stages.run("prep-latents", _cli, "prep-latents", "--data", paths["prepared"], "--ae", paths["ae"],
+                   "--output", paths["latents"], "--num-cpus", "2")
+        metrics["train_ar"] = plan = plan_steps(opts, stages.budget("train-ar"), "pipelines.train_ar:ARStage",
+                                                "ar_pretrain", cfg, paths["latents"], paths["ae"])
+        stages.run("train-ar", train, opts, "train-ar", "pretrain", paths["ar_run"], plan["steps"],
+                   "--data", paths["latents"], "--ae", paths["ae"])
+        url = stages.run("serve", serve_model, paths["pipeline"])
+        sample = {"guidance_scale": cfg.sample.guidance_scale}
+        from pipelines.eval_shapes import shapes_eval
+
+        metrics["shapes"] = stages.run("generate", shapes_eval, url, opts.n, opts.seed, sample, paths["shapes"])
+        _stop_serve()
+        from pipelines.demo_report import write_report
+
+        stages.run("report", write_report, metrics, paths, cfg)
+    finally:
+        _stop_serve()
+        _stop_ray(temp_dir)
+    metrics["total_seconds"] = round(time.time() - stages.started, 1)
+    vio.write_json(vio.join(out, "metrics.json"), metrics)
+    return metrics
+
+
+def _prep_both(opts: DemoOptions, paths: dict) -> None:
+    shards = paths["shards"]
+    _cli("prep", "--input", f"shapes={vio.join(shards, 'shapes-train-*.tar')}", "--output", paths["prepared"],
+         "--preset", opts.preset, *(f"--set={o}" for o in opts.overrides))
+    _cli("prep", "--input", f"heldout={vio.join(shards, 'shapes-heldout-*.tar')}", "--output", paths["heldout"],
+         "--preset", opts.preset, *(f"--set={o}" for o in opts.overrides))
+
+
+def _stop_serve() -> None:
+    import ray
+
+    if ray.is_initialized():
+        from ray import serve
+
+        serve.shutdown()
+
+
+def _stop_ray(temp_dir: str) -> None:
+    import ray
+
+    ray.shutdown()
+    shutil.rmtree(temp_dir, ignore_errors=True)

@@ -1,0 +1,143 @@
+"""The demo's stage (8): score the autoencoder's own ceiling, measure reconstructions, draw the
+loss curves, and write OUT/report.html (every picture it shows is a file next to it)."""
+from __future__ import annotations
+
+import html
+import io
+import json
+
+import numpy as np
+from PIL import Image, ImageDraw
+
+from vgt import io as vio
+
+PLOT_SIZE = (480, 240)
+GRID_IMAGES = 8  # originals / reconstructions shown in the reconstruction grid
+
+
+def line_plot(steps: list[float], values: list[float], title: str) -> Image.Image:
+    """A minimal loss curve (PIL only): axes, min/max labels, one polyline."""
+    w, h = PLOT_SIZE
+    left, right, top, bottom = 56, 10, 22, 24
+    img = Image.new("RGB", (w, h), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text((left, 4), title, fill="black")
+    draw.rectangle([left, top, w - right, h - bottom], outline="black")
+    if len(values) >= 2:
+        lo, hi = min(values), max(values)
+        span_x, span_y = (max(steps) - min(steps)) or 1.0, (hi - lo) or 1.0
+        pts = [(left + (s - min(steps)) / span_x * (w - left - right),
+                h - bottom - (v - lo) / span_y * (h - top - bottom)) for s, v in zip(steps, values)]
+        draw.line(pts, fill=(30, 90, 200), width=2)
+        draw.text((2, top), f"{hi:.4g}", fill="black")
+        draw.text((2, h - bottom - 10), f"{lo:.4g}", fill="black")
+        draw.text((left, h - bottom + 4), f"step {min(steps):.0f}", fill="black")
+        draw.text((w - right - 70, h - bottom + 4), f"step {max(steps):.0f}", fill="black")
+    return img
+
+
+def loss_curve(run: str, title: str) -> tuple[Image.Image, dict]:
+    records = [json.loads(line) for line in vio.read_bytes(vio.join(run, "metrics.jsonl")).decode().splitlines()
+               if line.strip()]
+    steps = [r for r in records if "loss" in r]
+    curve = line_plot([r["step"] for r in steps], [r["loss"] for r in steps], title)
+    tail = steps[-max(1, len(steps) // 10):]
+    return curve, {"steps": len(steps), "first_loss": steps[0]["loss"] if steps else None,
+                   "last_loss": float(np.mean([r["loss"] for r in tail])) if steps else None,
+                   "samples_per_s": float(np.mean([r["samples_per_s"] for r in tail])) if steps else None}
+
+
+def _save(image: Image.Image, uri: str) -> None:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    vio.write_bytes(uri, buf.getvalue())
+
+
+def ae_ceiling(ae_dir: str, heldout: str, report: str) -> dict:
+    """Shapes scores of the AE's reconstructions of held-out ground-truth renders (the generator's
+    ceiling) and a grid of originals over reconstructions."""
+    import torch
+
+    from vgt.ae import VGTAutoencoder
+    from vgt.data.reader import PreparedDataset
+    from vgt.eval.recon import model_inputs
+    from vgt.eval.shapes import score_images, spec_of, summarize
+
+    ae = VGTAutoencoder.from_pretrained(ae_dir).eval()
+    data = PreparedDataset(heldout)
+    table = next(data.iter_batches(columns=["caption", "image"], batch_size=data.num_rows))
+    pixels = model_inputs(table.column("image").to_pylist(), data.resolution, "standard")
+    with torch.no_grad():
+        recon = ae(pixels).clamp(-1, 1)
+    to_u8 = lambda x: ((x + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()  # noqa: E731
+    images = [Image.fromarray(a) for a in to_u8(recon)]
+    summary = summarize(score_images([spec_of(c) for c in table.column("caption").to_pylist()], images))
+    k = min(GRID_IMAGES, len(images))
+    grid = np.concatenate([np.concatenate(list(to_u8(pixels[:k])), 1), np.concatenate(list(to_u8(recon[:k])), 1)], 0)
+    _save(Image.fromarray(grid), vio.join(report, "recon_grid.png"))
+    return {k2: v for k2, v in summary.items() if k2 != "per_prompt"}
+
+
+def write_report(metrics: dict, paths: dict, cfg) -> None:
+    from pipelines.evaluate import recon_eval
+
+    report = paths["report"]
+    metrics["ae_ceiling"] = ae_ceiling(paths["ae"], paths["heldout"], report)
+    metrics["recon"] = {"standard": recon_eval(paths["ae"], paths["heldout"], "standard", fd=True),
+                        "reference": recon_eval(paths["ae"], paths["heldout"], "reference", fd=False)}
+    for name in ("ae", "ar"):
+        curve, stats = loss_curve(paths[f"{name}_run"], f"{name.upper()} training loss per step")
+        _save(curve, vio.join(report, f"{name}_loss.png"))
+        metrics[f"train_{name}"].update(stats)
+    vio.write_bytes(vio.join(paths["root"], "report.html"), render_html(metrics, cfg).encode())
+
+
+def _table(rows: list[tuple[str, object]]) -> str:
+    def fmt(v):
+        return f"{v:.3f}" if isinstance(v, float) else html.escape(str(v))
+    return "<table>" + "".join(f"<tr><th>{html.escape(k)}</th><td>{fmt(v)}</td></tr>" for k, v in rows) + "</table>"
+
+
+def render_html(metrics: dict, cfg) -> str:
+    shapes, ceiling = metrics["shapes"], metrics["ae_ceiling"]
+    tasks = ["colour", "count", "shape", "position", "two_object", "single_all", "overall"]
+    score_rows = "".join(f"<tr><th>{t}</th><td>{_num(shapes.get(t))}</td><td>{_num(ceiling.get(t))}</td></tr>"
+                         for t in tasks)
+    recon = metrics["recon"]
+    recon_rows = [("PSNR (standard, dB)", recon["standard"]["psnr"]), ("SSIM (standard)", recon["standard"]["ssim"]),
+                  ("PSNR (reference conventions, dB)", recon["reference"]["psnr"]),
+                  ("SSIM (reference conventions: data range 2, inflated)", recon["reference"]["ssim"]),
+                  ("Fréchet distance, EfficientNet-Lite0 features (proxy, NOT FID)", recon["standard"]["frechet_proxy"])]
+    timing_rows = [(k, f"{v:.1f} s") for k, v in metrics.get("stage_seconds", {}).items()]
+    by_prompt: dict[str, list] = {}
+    for record in json.loads(vio.read_bytes(vio.join(metrics["paths"]["shapes"], "shapes.json")))["images"]:
+        by_prompt.setdefault(record["prompt"], []).append(record)
+    samples = "".join(
+        f"<tr><td>{html.escape(p)}</td><td>"
+        + "".join(f'<img src="shapes/{html.escape(r["image"])}" title="{html.escape(", ".join(r["detections"]))}" '
+                  f'class="{"ok" if r["correct"] else "bad"}">' for r in rs)
+        + f"</td><td>{sum(r['correct'] for r in rs)}/{len(rs)}</td></tr>" for p, rs in by_prompt.items())
+    http = shapes.get("http", {})
+    return f"""<!doctype html><html><head><meta charset="utf-8"><title>vgt demo report</title><style>
+body{{font-family:sans-serif;margin:2em;max-width:1100px}} table{{border-collapse:collapse;margin:1em 0}}
+th,td{{border:1px solid #ccc;padding:4px 8px;text-align:left}} img{{margin:2px;border:3px solid #ccc}}
+img.ok{{border-color:#3a3}} img.bad{{border-color:#c33}}</style></head><body>
+<h1>vgt demo: preset <code>{html.escape(cfg.name)}</code> on synthetic shapes</h1>
+<p>Held-out attribute combinations only (never in training); {shapes['n_images']} images from
+{http.get('requests', '?')} HTTP requests to the Serve app, CFG {shapes['sample'].get('guidance_scale')}.
+Scores by the deterministic shapes detector; the AE ceiling scores the autoencoder's own
+reconstructions of held-out ground-truth renders.</p>
+<h2>Shapes scores</h2><table><tr><th>task</th><th>generated</th><th>AE ceiling</th></tr>{score_rows}</table>
+<h2>Reconstruction</h2>{_table(recon_rows)}<img src="report/recon_grid.png" alt="originals over reconstructions">
+<h2>Training</h2><img src="report/ae_loss.png" alt="AE loss"><img src="report/ar_loss.png" alt="AR loss">
+{_table([("AE steps", metrics['train_ae'].get('steps')), ("AE final loss", metrics['train_ae'].get('last_loss')),
+         ("AR steps", metrics['train_ar'].get('steps')), ("AR final loss", metrics['train_ar'].get('last_loss'))])}
+<h2>Stage times</h2>{_table(timing_rows)}
+<h2>Samples (green: the detector finds the prompt right; hover for detections)</h2>
+<table><tr><th>prompt</th><th>images</th><th>right</th></tr>{samples}</table>
+<p>All numbers: <a href="metrics.json">metrics.json</a>.</p></body></html>
+"""
+
+
+def _num(v) -> str:
+    return "n/a" if v is None else f"{v:.3f}"

@@ -1,0 +1,54 @@
+"""Run the whole pipeline locally on synthetic coloured shapes, on an embedded Ray cluster:
+
+  (1) captioned shapes as WebDataset shards, a fixed set of attribute combinations held out,
+  (2) vgt prep, (3) vgt train-ae, (4) vgt prep-latents, (5) vgt train-ar, (6) the Serve app,
+  (7) the held-out prompts over HTTP, (8) OUT/report.html + OUT/metrics.json.
+
+Each stage gets a share of --budget-minutes (about 15 minutes on 2 cores by default) and prints
+its progress; training steps are sized to the budget on this machine unless --steps is given.
+The Ray cluster is started and stopped here: nothing keeps running afterwards.
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="output folder (data, runs, report.html, metrics.json)")
+    parser.add_argument("--budget-minutes", type=float, default=15.0,
+                        help="total time budget, shared between the stages (default 15)")
+    parser.add_argument("--steps", type=int, default=None,
+                        help="training steps of the AE and AR stages (default: what fits the budget, "
+                             "at most the preset's)")
+    parser.add_argument("--n", type=int, default=2, help="images per held-out prompt, one HTTP request each (default 2)")
+    parser.add_argument("--train-images", type=int, default=4000, help="synthetic training images (default 4000)")
+    parser.add_argument("--workers", type=int, default=2, help="Ray Train workers per training stage (default 2)")
+    parser.add_argument("--seed", type=int, default=0, help="data and sampling seed (default 0)")
+    parser.add_argument("--preset", default="demo", help="preset to train (default demo)")
+    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every stage")
+
+
+def run(args: argparse.Namespace) -> int:
+    from pipelines.demo import DemoOptions, run_demo
+    from ray_jobs._entry import UserError
+
+    if args.budget_minutes <= 0 or args.n < 1 or args.train_images < 1 or args.workers < 1:
+        raise UserError("--budget-minutes, --n, --train-images and --workers must be positive")
+    if args.steps is not None and args.steps < 1:
+        raise UserError("--steps must be at least 1")
+    metrics = run_demo(DemoOptions(out=args.out, budget_minutes=args.budget_minutes, steps=args.steps, n=args.n,
+                                   train_images=args.train_images, workers=args.workers, seed=args.seed,
+                                   preset=args.preset, overrides=list(args.overrides)))
+    s = metrics["shapes"]
+    print(f"vgt demo: done in {metrics['total_seconds']:.0f} s; held-out shapes: colour {s['colour']:.2f} "
+          f"count {s['count']:.2f} shape {s['shape']:.2f} position {s['position']:.2f} "
+          f"two-object {s['two_object']:.2f}; report {args.out}/report.html", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    import sys
+
+    from ray_jobs._entry import main_for
+
+    raise SystemExit(main_for(sys.modules[__name__]))

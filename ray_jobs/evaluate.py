@@ -1,0 +1,116 @@
+"""Evaluate models: reconstruction metrics, the shapes benchmark, GenEval / DPG-Bench image folders.
+
+  vgt eval recon --ae AE_DIR --data PREPARED [--convention standard|reference] [--no-fd]
+  vgt eval shapes --model PIPELINE_DIR_OR_URL [--n 4] [--guidance-scale 3] [--out DIR]
+  vgt eval geneval-images --model PIPELINE_DIR --prompts evaluation_metadata.jsonl --out DIR
+  vgt eval dpg-images --model PIPELINE_DIR --prompts ELLA_PROMPTS_DIR --out DIR
+
+recon: PSNR and SSIM per image (standard definitions, data range 1; or the reference evaluator's
+conventions with --convention reference: squash resize, 256/448 bilinear downsample, SSIM data
+range 2) and a Fréchet distance on EfficientNet-Lite0 features (a proxy, NOT FID).
+shapes: the fixed held-out shapes prompts, scored by a deterministic detector (colour, count,
+shape, position, two-object; GenEval-style overall); --model is a pipeline folder (Ray Data) or a
+`vgt serve` URL (one HTTP request per image).
+All generation runs as Ray Data batch inference (RAY_ADDRESS or a local cluster).
+"""
+from __future__ import annotations
+
+import argparse
+
+
+def _sampling(p: argparse.ArgumentParser, n: int | None = 4) -> None:
+    if n is not None:
+        p.add_argument("--n", type=int, default=n, help=f"images per prompt (default {n})")
+    p.add_argument("--seed", type=int, default=0, help="image k of prompt i uses seed + its index (default 0)")
+    p.add_argument("--guidance-scale", type=float, default=None, help="CFG scale (default: the model's config)")
+    p.add_argument("--num-steps", type=int, default=None, help="flow-head steps per token (default: config)")
+    p.add_argument("--parallel-tokens", type=int, default=None, help="tokens per LLM step (default: config)")
+    p.add_argument("--batch-size", type=int, default=8, help="images per Ray Data batch (default 8)")
+    p.add_argument("--concurrency", type=int, default=1, help="generator actors (default 1)")
+    p.add_argument("--num-gpus", type=float, default=None, help="GPUs per actor (default: 1 if the cluster has any)")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="what", required=True, metavar="{recon,shapes,geneval-images,dpg-images}")
+    r = sub.add_parser("recon", help="PSNR / SSIM / proxy Fréchet distance of an AE on a prepared dataset")
+    r.add_argument("--ae", required=True, help="AE folder (local or s3://)")
+    r.add_argument("--data", required=True, help="prepared dataset (vgt prep output)")
+    r.add_argument("--convention", choices=["standard", "reference"], default="standard",
+                   help="metric conventions (default standard; reference = hustvl/VGT's evaluator)")
+    r.add_argument("--no-fd", action="store_true", help="skip the Fréchet distance (no feature network)")
+    r.add_argument("--batch-size", type=int, default=32, help="images per AE forward (default 32)")
+    r.add_argument("--concurrency", type=int, default=1, help="AE actors (default 1)")
+    r.add_argument("--num-gpus", type=float, default=None, help="GPUs per actor (default: 1 if the cluster has any)")
+    r.add_argument("--json", metavar="FILE", help="also write the result as JSON")
+    s = sub.add_parser("shapes", help="the held-out shapes benchmark on a pipeline folder or endpoint URL")
+    s.add_argument("--model", required=True, help="pipeline folder (local or s3://) or http(s)://host:port")
+    s.add_argument("--out", default=None, help="folder for the images and shapes.json (local or s3://)")
+    s.add_argument("--parallel", type=int, default=4, help="HTTP requests in flight (URL only; default 4)")
+    _sampling(s)
+    g = sub.add_parser("geneval-images", help="GenEval's folder layout for its official scorer")
+    g.add_argument("--model", required=True, help="pipeline folder (local or s3://)")
+    g.add_argument("--prompts", required=True, help="GenEval evaluation_metadata.jsonl")
+    g.add_argument("--out", required=True, help="output folder (local or s3://)")
+    _sampling(g)
+    d = sub.add_parser("dpg-images", help="DPG-Bench 2x2 grids named by prompt id")
+    d.add_argument("--model", required=True, help="pipeline folder (local or s3://)")
+    d.add_argument("--prompts", required=True, help="folder of <id>.txt prompt files (ELLA dpg_bench/prompts)")
+    d.add_argument("--out", required=True, help="output folder (local or s3://)")
+    _sampling(d, n=None)
+
+
+def sample_options(args) -> dict:
+    keys = {"guidance_scale": args.guidance_scale, "num_steps": args.num_steps,
+            "parallel_tokens": args.parallel_tokens}
+    return {k: v for k, v in keys.items() if v is not None}
+
+
+def run(args: argparse.Namespace) -> int:
+    import json
+
+    from ray_jobs._entry import UserError
+    from vgt import io as vio
+
+    if getattr(args, "n", 1) < 1 or args.batch_size < 1 or args.concurrency < 1:
+        raise UserError("--n, --batch-size and --concurrency must be at least 1")
+    source = getattr(args, "ae", None) or args.model
+    if not source.startswith(("http://", "https://")) and not vio.exists(source):
+        raise UserError(f"{source!r} does not exist")
+    try:
+        result = _dispatch(args)
+    except ValueError as err:  # bad prompt files, specs, conventions: one clear line
+        raise UserError(str(err)) from err
+    print(json.dumps(result, indent=1), flush=True)
+    if getattr(args, "json", None):
+        vio.write_bytes(args.json, json.dumps(result, indent=1).encode())
+    return 0
+
+
+def _dispatch(args) -> dict:
+    ray_options = dict(batch_size=args.batch_size, concurrency=args.concurrency, num_gpus=args.num_gpus)
+    if args.what == "recon":
+        from pipelines.evaluate import recon_eval
+
+        return recon_eval(args.ae, args.data, args.convention, fd=not args.no_fd, **ray_options)
+    if args.what == "shapes":
+        from pipelines.eval_shapes import shapes_eval
+
+        summary = shapes_eval(args.model, args.n, args.seed, sample_options(args), args.out, args.parallel,
+                              args.batch_size)
+        return {k: v for k, v in summary.items() if k != "per_prompt"}
+    from pipelines.eval_benchmarks import dpg_images, geneval_images
+
+    if args.what == "geneval-images":
+        count = geneval_images(args.model, args.prompts, args.out, args.n, args.seed, sample_options(args),
+                               **ray_options)
+    else:
+        count = dpg_images(args.model, args.prompts, args.out, args.seed, sample_options(args), **ray_options)
+    return {"prompts": count, "out": args.out}
+
+
+if __name__ == "__main__":
+    import sys
+
+    from ray_jobs._entry import main_for
+
+    raise SystemExit(main_for(sys.modules[__name__]))

@@ -1,0 +1,98 @@
+"""`vgt demo` end to end, in a subprocess (it starts and stops its own Ray cluster): a short-budget
+run in the normal suite, the full default budget as the slow test."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from vgt.eval.shapes import eval_prompts
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TASKS = ("colour", "count", "shape", "position", "two_object", "single_all", "overall")
+
+
+def test_demo_preset_has_the_calibrated_sizes():
+    from vgt.pipeline import VGTPipeline
+    from vgt.presets import get_preset
+
+    cfg = get_preset("demo")
+    pipe = VGTPipeline.from_config(cfg)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert 1.6e6 < count(pipe.model.llm) < 1.9e6 and 1.1e6 < count(pipe.model.head) < 1.3e6
+    assert cfg.data.resolution == 112 and cfg.ae.latent_channels == 32
+    # the AE stage trains with the channel LayerNorm the AR sampler applies to every token
+    assert cfg.train.ae_stage1.encoder_norm and cfg.sample.guidance_scale > 1
+
+
+def run_demo(out, *flags: str, timeout: float) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_ADDRESS")}
+    return subprocess.run([sys.executable, "-m", "ray_jobs.demo", "--out", str(out), *flags], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def leftover_processes(marker: str) -> list[str]:
+    found = []
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                with open(f"/proc/{pid}/cmdline", "rb") as f:
+                    cmd = f.read().replace(b"\0", b" ").decode(errors="replace")
+            except OSError:
+                continue
+            if marker in cmd:
+                found.append(cmd[:200])
+    return found
+
+
+def check_report(out, n: int, budget_s: float) -> dict:
+    metrics = json.loads((out / "metrics.json").read_text())
+    page = (out / "report.html").read_text()
+    refs = re.findall(r'(?:src|href)="([^"]+)"', page)
+    assert refs and all((out / r).is_file() for r in refs), [r for r in refs if not (out / r).is_file()]
+    pictures = [r for r in refs if r.endswith(".png")]
+    for name in ("report/recon_grid.png", "report/ae_loss.png", "report/ar_loss.png"):
+        assert name in pictures
+    for r in pictures:  # nothing blank: every picture varies
+        assert np.asarray(Image.open(out / r).convert("L"), dtype=float).std() > 2.0, r
+    prompts = len(eval_prompts())
+    shapes = metrics["shapes"]
+    assert shapes["http"]["requests"] == shapes["http"]["ok"] == prompts * n == shapes["n_images"]
+    assert len([r for r in pictures if r.startswith("shapes/images/")]) == prompts * n
+    for block in (shapes, metrics["ae_ceiling"]):
+        assert all(0.0 <= block[t] <= 1.0 for t in TASKS)
+    std, ref = metrics["recon"]["standard"], metrics["recon"]["reference"]
+    assert 5 < std["psnr"] < 60 and 5 < ref["psnr"] < 60
+    assert -1 <= std["ssim"] <= 1 and std["ssim"] < ref["ssim"] <= 1  # data range 2 inflates SSIM
+    assert std["frechet_proxy"] >= 0
+    assert metrics["train_ae"]["steps"] >= 1 and metrics["train_ar"]["steps"] >= 1
+    assert 0 < metrics["total_seconds"] < budget_s
+    assert leftover_processes(metrics["ray_temp_dir"]) == []
+    return metrics
+
+
+def test_short_demo_writes_a_complete_report(tmp_path):
+    out = tmp_path / "demo"
+    proc = run_demo(out, "--budget-minutes", "3", "--steps", "8", "--train-images", "200", "--n", "1",
+                    timeout=280)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "[demo 8/8] report done" in proc.stdout
+    metrics = check_report(out, n=1, budget_s=280)
+    assert metrics["train_ae"]["steps"] == metrics["train_ar"]["steps"] == 8
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_full_default_demo(tmp_path):
+    out = tmp_path / "demo"
+    proc = run_demo(out, timeout=1450)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    metrics = check_report(out, n=2, budget_s=1450)
+    # well above chance (colour 1/5, count 1/3, position 1/2): the pipeline really learned
+    assert metrics["shapes"]["position"] >= 0.8 and metrics["shapes"]["colour"] >= 0.5
