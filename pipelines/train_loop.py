@@ -124,11 +124,11 @@ def _resume(checkpoint, stage, feed: MixedFeed, env: WorkerEnv) -> int:
 
 
 def _global_metrics(metrics: dict, stage, rows: list, env: WorkerEnv, seconds: float, step: int) -> dict:
-    """Loss terms averaged over ranks; throughput for the whole job (slowest rank's time)."""
+    """Loss terms averaged over ranks; throughput of the whole job (from the ranks' mean step time)."""
     names = sorted(metrics)
     values = env.mean(torch.stack([torch.as_tensor(metrics[k], dtype=torch.float64).reshape(()).cpu()
                                    for k in names] + [torch.tensor(float(seconds), dtype=torch.float64)]))
-    out = {"step": step, **{k: float(v) for k, v in zip(names, values[:-1].tolist())}}
+    out = {"step": step, "time": time.time(), **{k: float(v) for k, v in zip(names, values[:-1].tolist())}}
     seconds = float(values[-1])
     samples = len(rows) * env.world
     out["samples_per_s"] = samples / seconds
