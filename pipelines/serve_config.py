@@ -59,7 +59,7 @@ def with_overrides(config: dict, model: str | None = None, host: str | None = No
 
 def deploy(config: dict, timeout_s: float = 300.0) -> str:
     """Start Serve (HTTP options apply only when Serve is not running yet), deploy, wait until the
-    application runs; returns its base URL."""
+    application runs; returns the base URL it answers on."""
     from ray.serve._private.api import serve_start
     from ray.serve.schema import ServeDeploySchema
 
@@ -68,7 +68,8 @@ def deploy(config: dict, timeout_s: float = 300.0) -> str:
     before = _deployed_time()
     client.deploy_apps(schema)  # same call as `serve run CONFIG` makes
     wait_running(timeout_s, after=before)
-    return url_of(config)
+    http = client.http_config  # the proxies' real address: a running Serve keeps its first options
+    return url_of({**config, "http_options": {"host": http.host, "port": http.port}})
 
 
 def wait_running(timeout_s: float, after: float = 0.0) -> None:

@@ -36,17 +36,17 @@ def run(args: argparse.Namespace) -> int:
     from pipelines.serve_config import (APP_NAME, DEFAULT_CONFIG, DeployError, deploy, load_config,
                                         placement_overrides, with_overrides)
     from ray_jobs._entry import UserError
-    from vgt import io as vio
+    from vgt.pipeline import read_index
 
-    if not vio.exists(args.model):
-        raise UserError(f"--model {args.model!r} does not exist")
+    read_index(args.model)  # a missing or foreign folder fails here, before Ray starts
     config = load_config(args.config or DEFAULT_CONFIG)
     joined = args.address is not None
     ray.init(address=args.address)
     config = with_overrides(config, model=args.model, host=args.host, port=args.port,
                             args={"model_name": args.name} if args.name else None,
                             deployments=placement_overrides(args.gpus))
-    signal.signal(signal.SIGTERM, _interrupt)  # `kill` stops it as cleanly as Ctrl-C
+    for sig in (signal.SIGINT, signal.SIGTERM):  # also when started in the background (SIGINT ignored)
+        signal.signal(sig, _interrupt)
     try:
         url = deploy(config, timeout_s=args.timeout)
         print(f"vgt serve: ready at {url}  (POST {url}/v1/images/generations; Ctrl-C to stop)", flush=True)

@@ -12,14 +12,13 @@ import asyncio
 import base64
 import io
 import json
+import re
 import time
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
-
-from tests.conftest import free_port
 
 KEY = "test-key-1234"
 PROMPT = "a red cube on a table"
@@ -54,7 +53,8 @@ def write_tiny_pipeline(folder) -> None:
 def service(ray_cluster, tmp_path_factory):
     from ray import serve
 
-    from pipelines.serve_config import deploy, load_config, placement_overrides, serve_running, with_overrides
+    from pipelines.serve_config import (deploy, free_port, load_config, placement_overrides, serve_running,
+                                        with_overrides)
 
     folder = tmp_path_factory.mktemp("pipe") / "tiny"
     write_tiny_pipeline(folder)
@@ -249,6 +249,36 @@ def test_bounded_load_has_no_errors_and_batches(service):
     for i in (0, 63):
         solo = pixels(post(url, bodies[i]).json()["data"][0]["b64_json"]).astype(int)
         assert np.abs(pixels(responses[i].json()["data"][0]["b64_json"]) - solo).max() <= 1
+
+
+def test_prometheus_metrics_show_batches_queues_and_stage_latency(service):
+    """Our ray.util.metrics as Prometheus exports them on the node's metrics port (every few s)."""
+    import ray
+
+    port = ray.nodes()[0]["MetricsExportPort"]
+
+    def scrape() -> dict[tuple[str, str], float]:
+        """(metric name, stage/status/le labels) -> value summed over replicas."""
+        totals: dict[tuple[str, str], float] = {}
+        for line in httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text.splitlines():
+            match = re.match(r'(ray_vgt_serve_\w+)\{(.*)\} (\S+)$', line)
+            if match:
+                labels = ",".join(sorted(re.findall(r'(?:le|stage|status)="[^"]*"', match.group(2))))
+                key = (match.group(1), labels)
+                totals[key] = totals.get(key, 0.0) + float(match.group(3))
+        return totals
+
+    def batched(m) -> bool:  # some sampler batch held more than one image
+        return m.get(("ray_vgt_serve_batch_images_count", 'stage="sampler"'), 0) > \
+            m.get(("ray_vgt_serve_batch_images_bucket", 'le="1.0",stage="sampler"'), 0)
+
+    _wait(lambda: batched(scrape()), 60, "no sampler batch > 1 in the exported metrics")
+    m = scrape()
+    assert m[("ray_vgt_serve_requests_total", 'status="200"')] >= 64
+    assert m[("ray_vgt_serve_requests_total", 'status="400"')] >= 1
+    for stage in ("sampler", "decoder", "request"):
+        assert m[("ray_vgt_serve_stage_seconds_count", f'stage="{stage}"')] > 0
+    assert ("ray_vgt_serve_queue_depth", 'stage="sampler"') in m
 
 
 def test_sampler_scales_back_and_the_service_recovers(service):

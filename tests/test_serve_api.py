@@ -115,3 +115,11 @@ def test_app_builder_checks_its_args():
     with pytest.raises(ValueError, match="unknown limits"):
         build_app({"model": "/m", "limits": {"max_images": 2}})
     assert build_app(app_of(load_config())["args"]) is not None  # the shipped config's args build
+
+
+def test_cli_refuses_a_folder_that_is_no_pipeline(tmp_path, capsys):
+    from ray_jobs import serve as command
+    from ray_jobs._entry import main_for
+
+    assert main_for(command, ["--model", str(tmp_path)]) == 2
+    assert "is not a vgt pipeline folder: model_index.json is missing" in capsys.readouterr().err
