@@ -25,6 +25,7 @@ from .serve_api import ApiError, Limits, ModelInfo, parse_body, to_job
 from .serve_metrics import metrics
 
 log = logging.getLogger("ray.serve")
+HEALTH_TIMEOUT_S = 2.0  # /healthz answers 503 "loading" when a model deployment takes longer
 app = FastAPI(title="vgt image generation", version="1")
 
 
@@ -36,11 +37,10 @@ async def _api_error(request: Request, err: ApiError) -> JSONResponse:
 @serve.deployment(name="Ingress")
 @serve.ingress(app)
 class Ingress:
-    def __init__(self, sampler, decoder, model_name: str, limits: dict | None = None,
-                 retry_after_s: int = 1, health_timeout_s: float = 2.0):
+    def __init__(self, sampler, decoder, model_name: str, limits: dict | None = None, retry_after_s: int = 1):
         self.sampler, self.decoder = sampler, decoder
         self.model_name, self.limits = model_name, Limits.from_dict(limits)
-        self.retry_after_s, self.health_timeout_s = retry_after_s, health_timeout_s
+        self.retry_after_s = retry_after_s
         key = os.environ.get("VGT_API_KEY") or None
         self._key_digest = hashlib.sha256(key.encode()).digest() if key else None
         self._info: ModelInfo | None = None
@@ -87,8 +87,8 @@ class Ingress:
     async def healthz(self) -> JSONResponse:
         """200 once both model deployments have loaded their weights; 503 before."""
         try:
-            info = await asyncio.wait_for(self._model_info(), self.health_timeout_s)
-            decoder = await asyncio.wait_for(self.decoder.ready.remote(), self.health_timeout_s)
+            info = await asyncio.wait_for(self._model_info(), HEALTH_TIMEOUT_S)
+            decoder = await asyncio.wait_for(self.decoder.ready.remote(), HEALTH_TIMEOUT_S)
         except (asyncio.TimeoutError, ApiError):
             return JSONResponse({"status": "loading"}, status_code=503,
                                 headers={"Retry-After": str(self.retry_after_s)})

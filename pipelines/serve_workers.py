@@ -33,8 +33,7 @@ class BatchingReplica:
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"vgt-{self.STAGE}")
         self._waiting: set[int] = set()
         self._metrics = metrics()
-        self.batches: list[int] = []  # images per executed batch (recent), for `stats()`
-        self.cancelled = 0
+        self.cancelled = self.aborted = self.running = 0  # for `stats()`
 
     def reconfigure(self, config: dict) -> None:
         """`user_config`: {max_batch_size, batch_wait_timeout_s} of this stage's @serve.batch."""
@@ -68,17 +67,20 @@ class BatchingReplica:
         tags = {"stage": self.STAGE}
         self._metrics["batch_images"].observe(images, tags=tags)
         self._metrics["batch_requests"].observe(len(jobs), tags=tags)
-        self.batches = (self.batches + [images])[-1000:]
-        start = time.perf_counter()
-        out = await asyncio.get_running_loop().run_in_executor(self._pool, fn, jobs)
-        self._metrics["stage_seconds"].observe(time.perf_counter() - start, tags=tags)
-        return out
+        start, self.running = time.perf_counter(), len(jobs)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, fn, jobs)
+        finally:
+            self.running = 0
+            self._metrics["stage_seconds"].observe(time.perf_counter() - start, tags=tags)
 
     def _gauge(self) -> None:
         self._metrics["queue_depth"].set(len(self._waiting), tags={"stage": self.STAGE})
 
     def stats(self) -> dict:
-        return {"batches": list(self.batches), "cancelled": self.cancelled, "waiting": len(self._waiting)}
+        """Jobs cancelled by their callers, groups stopped mid-way, jobs waiting and running now."""
+        return {"cancelled": self.cancelled, "aborted": self.aborted, "waiting": len(self._waiting),
+                "running": self.running}
 
 
 @serve.deployment(name="ARSampler")
@@ -115,7 +117,8 @@ class ARSampler(BatchingReplica):
             try:
                 latents = self.model.sample(group, stop=lambda g=group: all(j.cancelled for j in g))
             except Cancelled:
-                log.info("sampler: cancelled a group of %d job(s) mid-way", len(group))
+                self.aborted += 1
+                log.info("sampler: stopped a group of %d job(s) whose clients all left", len(group))
                 continue
             for job, lat in zip(group, split(latents, [j.n for j in group])):
                 out[id(job)] = lat
