@@ -94,11 +94,8 @@ class ARSampler(BatchingReplica):
         self.model = SamplerModel(model, model_name)
 
     def info(self):
+        """The served model's ModelInfo (a replica exists only once its weights are loaded)."""
         return self.model.info
-
-    def check_health(self) -> None:
-        if self.model is None:
-            raise RuntimeError("sampler weights are not loaded")
 
     async def sample(self, job: SampleJob) -> dict:
         """One request -> {"latents": float32 [n, C, h, w], "batch_images": images in its batch}."""
@@ -108,7 +105,7 @@ class ARSampler(BatchingReplica):
     async def _batched(self, jobs: list[SampleJob]) -> list[dict]:
         images = sum(j.n for j in jobs)
         latents = await self._execute(self._sample_groups, jobs, images)
-        return [{"latents": lat, "batch_images": images, "batch_requests": len(jobs)} for lat in latents]
+        return [{"latents": lat, "batch_images": images} for lat in latents]
 
     def _sample_groups(self, jobs: list[SampleJob]) -> list:
         """Per job its latents (None when its group was cancelled); one model call per settings group."""
@@ -118,7 +115,8 @@ class ARSampler(BatchingReplica):
                 latents = self.model.sample(group, stop=lambda g=group: all(j.cancelled for j in g))
             except Cancelled:
                 self.aborted += 1
-                log.info("sampler: stopped a group of %d job(s) whose clients all left", len(group))
+                log.info("sampler: stopped the group of requests %s: their clients all left",
+                         [j.request_id for j in group])
                 continue
             for job, lat in zip(group, split(latents, [j.n for j in group])):
                 out[id(job)] = lat
@@ -136,11 +134,8 @@ class AEDecoder(BatchingReplica):
         self.model = DecoderModel(model)
 
     def ready(self) -> str:
+        """The AE fingerprint (a replica exists only once its weights are loaded)."""
         return self.model.fingerprint
-
-    def check_health(self) -> None:
-        if self.model is None:
-            raise RuntimeError("decoder weights are not loaded")
 
     async def decode(self, job: dict) -> list[bytes]:
         """{"latents": [n, C, h, w], "output_format": "png"} -> n encoded images."""
@@ -165,6 +160,8 @@ class AEDecoder(BatchingReplica):
 
 
 class DecodeJob:
+    """One request's latents and wanted image format, as queued in a decoder replica."""
+
     def __init__(self, latents, output_format: str):
         self.latents, self.output_format, self.cancelled = latents, output_format, False
 
