@@ -97,6 +97,12 @@ def test_ae_cli_run_exports_a_loadable_ae_and_all_reduces_lecam(ae_run):
     # The LeCam EMAs equal the EMA of the rank-averaged batch means (logged), not of rank 0's alone.
     ckpt = os.path.join(ae_run, "checkpoints", "step-00000003")
     lecam = load_file(os.path.join(ckpt, "model-lecam.safetensors"))
+    # The teacher is still the initial vision tower (the loop seeds before building the stage).
+    torch.manual_seed(get_preset("tiny").train.seed)
+    initial = VGTAutoencoder(get_preset("tiny").ae).encoder.state_dict()
+    trained = load_file(os.path.join(ckpt, "model-ae.safetensors"))
+    assert all(torch.equal(trained[f"model.ae.teacher.{k}"], v) for k, v in initial.items())
+    assert not all(torch.equal(trained[f"model.ae.ae.encoder.{k}"], v) for k, v in initial.items())
     decay = get_preset("tiny").train.ae_stage1.lecam_decay
     for key, metric in (("ema_real", "disc_real_mean"), ("ema_fake", "disc_fake_mean")):
         expected = 0.0
@@ -105,6 +111,29 @@ def test_ae_cli_run_exports_a_loadable_ae_and_all_reduces_lecam(ae_run):
         assert lecam[f"model.lecam.{key}"].item() == pytest.approx(expected, rel=1e-5, abs=1e-9)
     kept = sorted(d for d in os.listdir(os.path.join(ae_run, "checkpoints")) if d.startswith("step-"))
     assert kept == ["step-00000002", "step-00000003"]  # keep_checkpoints=2
+
+
+def test_ae_optimiser_groups_follow_the_spec(prepared, tmp_path):
+    from pipelines.train_ae import AEStage
+    from pipelines.train_optim import NO_DECAY_KEYWORDS
+
+    cfg = get_preset("tiny")
+    stage = AEStage(LoopSpec(stage="", stage_key="ae_stage1", config=to_dict(cfg), data=[], out=str(tmp_path),
+                             steps=10), WorkerEnv())
+    s = cfg.train.ae_stage1
+    names = {id(p): n for n, p in stage.ae.named_parameters()}
+    groups = stage.trainables.optimizers["ae"].param_groups
+    assert sorted(id(p) for g in groups for p in g["params"]) == sorted(names)  # each trained once
+    for g in groups:
+        for p in g["params"]:
+            name = names[id(p)]
+            assert g["initial_lr"] == s.lr * (s.encoder_lr_mult if name.startswith("encoder.") else 1.0), name
+            no_decay = p.ndim < 2 or any(k in name for k in NO_DECAY_KEYWORDS)
+            assert g["weight_decay"] == (0.0 if no_decay else s.weight_decay), name
+    assert stage.trainables.optimizers["ae"].defaults["betas"] == (0.9, 0.95)
+    disc = stage.trainables.optimizers["disc"].param_groups
+    assert {g["initial_lr"] for g in disc} == {s.disc_lr}
+    assert not any(p.requires_grad for p in stage.trainables.modules["ae"].teacher.parameters())
 
 
 def test_stage2_and_sft_need_init(prepared, tmp_path, capsys):
@@ -157,11 +186,13 @@ def ar_spec(data: list[str], ae: str, out: str, steps: int, stage_key: str = "ar
                     out=out, steps=steps, ae=ae, init=init)
 
 
-def test_stored_latents_equal_on_the_fly_encoding(with_latents, ae_run, tmp_path):
+def test_ar_groups_and_stored_latents_equal_on_the_fly_encoding(with_latents, ae_run, tmp_path):
     from pipelines.train_ar import ARStage
     from vgt.data import PreparedDataset
 
     stage = ARStage(ar_spec([with_latents], os.path.join(ae_run, "export"), str(tmp_path), 1), WorkerEnv())
+    for g in stage.trainables.optimizers["model"].param_groups:  # wd 0.05 on >= 2-d tensors only
+        assert {p.ndim >= 2 for p in g["params"]} == {g["weight_decay"] == 0.05}
     ds = PreparedDataset(with_latents)
     assert stage.columns(ds) == ["caption", "latent", "latent_shape"]
     rows = ds.read_part(ds.parts[0], ["caption", "image", "latent", "latent_shape"],
