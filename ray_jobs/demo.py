@@ -22,6 +22,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "at most the preset's)")
     parser.add_argument("--n", type=int, default=2, help="images per held-out prompt, one HTTP request each (default 2)")
     parser.add_argument("--train-images", type=int, default=4000, help="synthetic training images (default 4000)")
+    parser.add_argument("--heldout-images", type=int, default=96,
+                        help="held-out ground-truth renders for the reconstruction metrics and the AE ceiling (default 96)")
     parser.add_argument("--workers", type=int, default=2, help="Ray Train workers per training stage (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="data and sampling seed (default 0)")
     parser.add_argument("--preset", default="demo", help="preset to train (default demo)")
@@ -32,13 +34,14 @@ def run(args: argparse.Namespace) -> int:
     from pipelines.demo import DemoOptions, run_demo
     from ray_jobs._entry import UserError
 
-    if args.budget_minutes <= 0 or args.n < 1 or args.train_images < 1 or args.workers < 1:
-        raise UserError("--budget-minutes, --n, --train-images and --workers must be positive")
+    if min(args.budget_minutes, args.n, args.train_images, args.heldout_images, args.workers) <= 0:
+        raise UserError("--budget-minutes, --n, --train-images, --heldout-images and --workers must be positive")
     if args.steps is not None and args.steps < 1:
         raise UserError("--steps must be at least 1")
-    metrics = run_demo(DemoOptions(out=args.out, budget_minutes=args.budget_minutes, steps=args.steps, n=args.n,
-                                   train_images=args.train_images, workers=args.workers, seed=args.seed,
-                                   preset=args.preset, overrides=list(args.overrides)))
+    metrics = run_demo(DemoOptions(
+        out=args.out, budget_minutes=args.budget_minutes, steps=args.steps, n=args.n, train_images=args.train_images,
+        heldout_images=args.heldout_images, workers=args.workers, seed=args.seed, preset=args.preset,
+        overrides=list(args.overrides)))
     s = metrics["shapes"]
     print(f"vgt demo: done in {metrics['total_seconds']:.0f} s; held-out shapes: colour {s['colour']:.2f} "
           f"count {s['count']:.2f} shape {s['shape']:.2f} position {s['position']:.2f} "

@@ -77,13 +77,14 @@ def check_report(out, n: int, budget_s: float) -> dict:
     return metrics
 
 
+@pytest.mark.timeout(600)  # Ray start, 2 x Ray Train, Serve deploy: ~2-3 min on 2 idle cores
 def test_short_demo_writes_a_complete_report(tmp_path):
     out = tmp_path / "demo"
-    proc = run_demo(out, "--budget-minutes", "3", "--steps", "8", "--train-images", "200", "--n", "1",
-                    timeout=280)
+    proc = run_demo(out, "--budget-minutes", "3", "--steps", "8", "--train-images", "200", "--heldout-images", "24",
+                    "--n", "1", "--workers", "1", timeout=580)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "[demo 8/8] report done" in proc.stdout
-    metrics = check_report(out, n=1, budget_s=280)
+    metrics = check_report(out, n=1, budget_s=580)
     assert metrics["train_ae"]["steps"] == metrics["train_ar"]["steps"] == 8
 
 
