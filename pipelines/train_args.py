@@ -18,4 +18,4 @@ def add_common_arguments(parser: argparse.ArgumentParser, stages: tuple[str, ...
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                         help="config overrides, e.g. train.ae_stage1.lr=1e-4 train.checkpoint_every=1000 "
                              "train.cpus_per_worker=0.5 train.strategy=fsdp2 train.stop_at=500 "
-                             "(keys as in vgt/config.py; every train.* knob is listed in the README)")
+                             "(every key and its meaning: vgt/config.py, TrainConfig / AEStageConfig / ARStageConfig)")

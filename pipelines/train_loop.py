@@ -92,7 +92,8 @@ def run_loop(spec: LoopSpec, env: WorkerEnv, checkpoint=None, report=None) -> li
     stop = min(spec.steps, t.get("stop_at") or spec.steps)
     log = MetricsLog(spec.out, start) if env.is_main else None
     if log:
-        log.append({"event": "start", "step": start, "world_size": env.world, "strategy": env.strategy})
+        log.append({"event": "start", "step": start, "time": time.time(), "world_size": env.world,
+                    "strategy": env.strategy})
     for step in range(start, stop):
         began = time.perf_counter()
         rows = feed.batch(step, stage.rows_per_step)

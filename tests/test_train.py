@@ -176,9 +176,9 @@ def test_gradient_accumulation_2x4_equals_batch_8(tmp_path):
         spec.config["toy_dropout"] = 0.0  # dropout masks depend on the micro-batch shapes
         runs[batch] = [r["loss"] for r in run_loop(spec, WorkerEnv()) if "loss" in r], exported(spec.out)
     (loss8, w8), (loss4, w4) = runs[8], runs[4]
-    # Same rows, same maths; only the summation order differs (fp32 CPU: ~1e-7 relative).
-    assert loss4 == pytest.approx(loss8, rel=1e-5)
-    assert all(torch.allclose(w4[k], w8[k], rtol=1e-5, atol=1e-6) for k in w8)
+    # Same rows, same maths; only the summation order differs (fp32 CPU, measured 1.3e-7 relative).
+    assert loss4 == pytest.approx(loss8, rel=1e-6)
+    assert all(torch.allclose(w4[k], w8[k], rtol=1e-6, atol=1e-7) for k in w8)
 
 
 def test_activation_checkpointing_changes_no_number(tmp_path):
@@ -271,7 +271,7 @@ def test_exact_resume_mid_epoch_then_fault_tolerance(toy_data, toy_full, tmp_pat
 
 def test_fsdp2_matches_ddp_and_resumes_from_s3(toy_data, toy_full, s3_bucket):
     """FSDP2 (sharded DCP checkpoints) with the run folder on the loopback S3 server, stopped at
-    step 5 and resumed from S3; losses and weights equal DDP's up to reduction order (1e-5)."""
+    step 5 and resumed from S3; losses and weights equal DDP's up to reduction order (1e-6)."""
     out = f"s3://{s3_bucket}/fsdp2"
     fit_toy(toy_spec([toy_data], out, steps=12, strategy="fsdp2", stop_at=5))
     shards = vio.glob(f"{out}/checkpoints/step-00000005/dcp/*.safetensors")
@@ -280,7 +280,7 @@ def test_fsdp2_matches_ddp_and_resumes_from_s3(toy_data, toy_full, s3_bucket):
     assert starts(out) == [0, 5]
     ddp, fsdp = losses(toy_full), losses(out)
     assert sorted(fsdp) == list(range(1, 13))
-    assert [fsdp[s] for s in fsdp] == pytest.approx([ddp[s] for s in fsdp], rel=1e-5)
+    assert [fsdp[s] for s in fsdp] == pytest.approx([ddp[s] for s in fsdp], rel=1e-6)  # measured 7e-8
     wd, wf = exported(toy_full), exported(out)
     assert all(torch.allclose(wd[k], wf[k], rtol=1e-5, atol=1e-6) for k in wd)
 
