@@ -35,7 +35,7 @@ def cluster_has_gpu() -> bool:
 
 def latest_checkpoint_state(out: str) -> dict | None:
     """state.json of the newest checkpoint under OUT/checkpoints (None before the first one)."""
-    states = sorted(p for p in vio.glob(vio.join(out, RUN_NAME, "step-*", STATE_FILE)))
+    states = vio.glob(vio.join(out, RUN_NAME, "step-*", STATE_FILE))  # sorted; step numbers zero-padded
     return vio.read_json(states[-1]) if states else None
 
 

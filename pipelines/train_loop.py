@@ -7,7 +7,8 @@ It exposes:
   rows_per_step      rows per worker per optimiser step (batch x accumulation)
   tokens_per_sample  for the tokens/s metric (or a "tokens" entry per step in step's metrics)
   export_modules     names of the modules whose full weights `export` receives
-  step(rows, step, generator) -> {loss term: value}   one optimiser step (all ranks)
+  step(rows, step, generator) -> {loss term: value}   one optimiser step (all ranks; the same
+                     keys on every rank: they are averaged over ranks in one all-reduce)
   lr() -> float      the current base learning rate
   export(folder, weights)  rank 0 writes the loadable folder
   preview(step, rows) -> PIL image | None   optional; called on every rank
