@@ -14,7 +14,7 @@ import torch
 
 from pipelines.train_ckpt import Trainables
 from pipelines.train_dist import WorkerEnv, accumulate, clip_and_step, distribute
-from pipelines.train_images import augmented_pixels, centre_pixels, device_generator, image_grid
+from pipelines.train_images import augmented_pixels, device_generator, image_grid
 from pipelines.train_loop import LoopSpec
 from pipelines.train_optim import NO_DECAY_KEYWORDS, adamw, param_groups, scheduler
 from vgt.ae.discriminator import LeCamEMA, NLayerDiscriminator
@@ -25,6 +25,7 @@ from vgt.ae.training import AETrainingModule, apply_stage
 from vgt.artifacts import save_component
 from vgt.backbones import load_vision_encoder
 from vgt.config import VGTConfig, from_dict
+from vgt.data.encode import center_crop_pixels
 
 PREVIEW_IMAGES = 4
 
@@ -108,7 +109,7 @@ class AEStage:
         """Originals (centre crops) over their reconstructions."""
         if not self.env.is_main and self.env.strategy != "fsdp2":
             return None
-        pixels = centre_pixels(rows[:PREVIEW_IMAGES], self.size).to(self.env.device)
+        pixels = center_crop_pixels([r["image"] for r in rows[:PREVIEW_IMAGES]], self.size).to(self.env.device)
         self.ae.eval()
         recon = self.ae(pixels)
         self.ae.train()

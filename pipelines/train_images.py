@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from vgt.data import center_crop, decode_image, to_pixels
+from vgt.data import decode_image, to_pixels
 
 
 def random_crop_flip(img: Image.Image, size: int, generator: torch.Generator) -> Image.Image:
@@ -22,10 +22,6 @@ def random_crop_flip(img: Image.Image, size: int, generator: torch.Generator) ->
 
 def augmented_pixels(rows: list[dict], size: int, generator: torch.Generator) -> torch.Tensor:
     return to_pixels([random_crop_flip(decode_image(r["image"]), size, generator) for r in rows])
-
-
-def centre_pixels(rows: list[dict], size: int) -> torch.Tensor:
-    return to_pixels([center_crop(decode_image(r["image"]), size) for r in rows])
 
 
 def image_grid(rows: list[torch.Tensor]) -> Image.Image:
