@@ -7,8 +7,9 @@
     shut down at the end (also on errors), so no process is left behind.
 
 Every stage has a share of the time budget. Training steps come from a short in-process probe of
-the stage's step time on this machine (capped at the preset's steps), so the run fits the budget
-on slower machines too; `steps` fixes them instead.
+the stage's step time on this machine (capped at the preset's steps; `steps` fixes them instead),
+and each training run also gets a wall-time cap (`train.time_limit_s`) of what is left of its
+share, so the demo keeps to its budget when the machine is slower or busier than the probe saw.
 """
 from __future__ import annotations
 
@@ -121,21 +122,26 @@ def probe_step_seconds(stage: str, stage_key: str, config: dict, data: str, ae: 
     return statistics.median(batch / r["samples_per_s"] for r in records[1:])
 
 
-def plan_steps(opts: DemoOptions, budget_s: float, stage: str, stage_key: str, cfg, data: str,
-               ae: str | None = None) -> dict:
+def train_stage(opts: DemoOptions, budget_s: float, command: str, stage_arg: str, stage: str, stage_key: str,
+                cfg, out: str, data: str, ae: str | None = None) -> dict:
+    """Size the steps (probe, unless --steps), then run `vgt train-ae|train-ar` with a wall-time cap
+    (`train.time_limit_s`) of what is left of the stage's budget, so a slower machine still fits."""
     from vgt.config import to_dict
 
+    start = time.time()
     cap = getattr(cfg.train, stage_key).steps
+    plan = {"preset_steps": cap}
     if opts.steps is not None:
-        return {"steps": opts.steps, "preset_steps": cap}
-    step_s = probe_step_seconds(stage, stage_key, to_dict(cfg), data, ae) / DDP_SPEEDUP
-    fit = int(max(budget_s - TRAIN_FIXED_S, 0) / step_s)
-    return {"steps": max(10, min(cap, fit)), "preset_steps": cap, "probe_step_seconds": round(step_s, 4)}
-
-
-def train(opts: DemoOptions, command: str, stage: str, out: str, steps: int, *extra: str) -> None:
-    _cli(command, "--preset", opts.preset, "--stage", stage, "--out", out, "--steps", str(steps),
-         "--workers", str(opts.workers), *extra, *opts.overrides)
+        plan["steps"] = opts.steps
+    else:
+        step_s = probe_step_seconds(stage, stage_key, to_dict(cfg), data, ae) / DDP_SPEEDUP
+        plan.update(steps=max(10, min(cap, int(max(budget_s - TRAIN_FIXED_S, 0) / step_s))),
+                    probe_step_seconds=round(step_s, 4))
+    plan["time_limit_s"] = round(max(10.0, budget_s - TRAIN_FIXED_S - (time.time() - start)), 1)
+    extra = ["--data", data] + (["--ae", ae] if ae else [])
+    _cli(command, "--preset", opts.preset, "--stage", stage_arg, "--out", out, "--steps", str(plan["steps"]),
+         "--workers", str(opts.workers), *extra, *opts.overrides, f"train.time_limit_s={plan['time_limit_s']}")
+    return plan
 
 
 def serve_model(model: str) -> str:
@@ -169,16 +175,14 @@ def run_demo(opts: DemoOptions) -> dict:
     try:
         metrics["data"] = stages.run("data", write_data, opts, paths["shards"])
         stages.run("prep", _prep_both, opts, paths)
-        metrics["train_ae"] = plan = plan_steps(opts, stages.budget("train-ae"), "pipelines.train_ae:AEStage",
-                                                "ae_stage1", cfg, paths["prepared"])
-        stages.run("train-ae", train, opts, "train-ae", "stage1", paths["ae_run"], plan["steps"],
-                   "--data", paths["prepared"])
+        metrics["train_ae"] = stages.run("train-ae", train_stage, opts, stages.budget("train-ae"), "train-ae",
+                                         "stage1", "pipelines.train_ae:AEStage", "ae_stage1", cfg, paths["ae_run"],
+                                         paths["prepared"])
         stages.run("prep-latents", _cli, "prep-latents", "--data", paths["prepared"], "--ae", paths["ae"],
                    "--output", paths["latents"], "--num-cpus", "2")
-        metrics["train_ar"] = plan = plan_steps(opts, stages.budget("train-ar"), "pipelines.train_ar:ARStage",
-                                                "ar_pretrain", cfg, paths["latents"], paths["ae"])
-        stages.run("train-ar", train, opts, "train-ar", "pretrain", paths["ar_run"], plan["steps"],
-                   "--data", paths["latents"], "--ae", paths["ae"])
+        metrics["train_ar"] = stages.run("train-ar", train_stage, opts, stages.budget("train-ar"), "train-ar",
+                                         "pretrain", "pipelines.train_ar:ARStage", "ar_pretrain", cfg,
+                                         paths["ar_run"], paths["latents"], paths["ae"])
         url = stages.run("serve", serve_model, paths["pipeline"])
         sample = {"guidance_scale": cfg.sample.guidance_scale}
         from pipelines.eval_shapes import shapes_eval

@@ -95,6 +95,8 @@ def run_loop(spec: LoopSpec, env: WorkerEnv, checkpoint=None, report=None) -> li
     if log:
         log.append({"event": "start", "step": start, "time": time.time(), "world_size": env.world,
                     "strategy": env.strategy})
+    deadline = time.monotonic() + t["time_limit_s"] if t.get("time_limit_s") is not None else None
+    timed_out = False
     for step in range(start, stop):
         began = time.perf_counter()
         rows = feed.batch(step, stage.rows_per_step)
@@ -108,12 +110,24 @@ def run_loop(spec: LoopSpec, env: WorkerEnv, checkpoint=None, report=None) -> li
             log.append(metrics)
         _inject_failure(spec, env, step + 1)
         _maybe_preview(spec, stage, rows, env, step + 1)
+        timed_out = deadline is not None and _any_rank(env, time.monotonic() > deadline)
+        if timed_out:
+            stop = step + 1
         _checkpoint_and_report(spec, stage, feed, env, step + 1, stop, metrics, log, report)
-    if stop == spec.steps:
+        if timed_out:
+            if log:
+                log.append({"event": "time_limit", "step": step + 1, "time_limit_s": t["time_limit_s"]})
+            break
+    if stop == spec.steps or timed_out:
         export(spec, stage, env)
     if log:
         log.flush()
     return log.records if log else []
+
+
+def _any_rank(env: WorkerEnv, flag: bool) -> bool:
+    """True on every rank when `flag` holds on any (ranks must stop at the same step)."""
+    return bool(env.mean(torch.tensor(float(flag))).item() > 0)
 
 
 def _resume(checkpoint, stage, feed: MixedFeed, env: WorkerEnv) -> int:

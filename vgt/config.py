@@ -167,6 +167,9 @@ class TrainConfig:
     keep_checkpoints: int = 2  # CheckpointConfig(num_to_keep)
     max_failures: int = 2  # FailureConfig: restarts of the worker group from the last checkpoint
     stop_at: int | None = None  # end this run after N steps (LR schedule still spans the stage's steps)
+    # Wall-time cap in seconds (added for `vgt demo`'s budgets): the run ends after the step that
+    # crosses it, with a checkpoint and the export, as if it had reached its last step.
+    time_limit_s: float | None = None
     fail_at_step: int | None = None  # fault-injection drill: the last worker raises once at this step
     data_chunk_rows: int = 1024  # rows per chunk of the per-rank data order (read unit)
     data_shuffle_window: int = 8  # chunks whose rows are shuffled together (bounded shuffle buffer)
