@@ -171,7 +171,8 @@ def run_demo(opts: DemoOptions) -> dict:
     paths.update(root=out, ae=vio.join(paths["ae_run"], "export"), pipeline=vio.join(paths["ar_run"], "export"))
     stages = Stages(opts.budget_minutes * 60)
     temp_dir = tempfile.mkdtemp(prefix="vgt-demo-ray-")
-    metrics: dict = {"options": asdict(opts), "ray_temp_dir": temp_dir, "paths": paths, "stage_seconds": stages.times}
+    metrics: dict = {"options": asdict(opts), "ray_temp_dir": temp_dir, "paths": paths, "stage_seconds": stages.times,
+                     "stage_budget_seconds": {name: round(stages.budget(name), 1) for name in BUDGET_SHARES}}
     start_ray(temp_dir)
     try:
         metrics["data"] = stages.run("data", write_data, opts, paths["shards"])

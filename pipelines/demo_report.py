@@ -108,7 +108,8 @@ def render_html(metrics: dict, cfg) -> str:
                   ("PSNR (reference conventions, dB)", recon["reference"]["psnr"]),
                   ("SSIM (reference conventions: data range 2, inflated)", recon["reference"]["ssim"]),
                   ("Fréchet distance, EfficientNet-Lite0 features (proxy, NOT FID)", recon["standard"]["frechet_proxy"])]
-    timing_rows = [(k, f"{v:.1f} s") for k, v in metrics.get("stage_seconds", {}).items()]
+    budgets = metrics["stage_budget_seconds"]
+    timing_rows = [(k, f"{v:.1f} s (budget {budgets[k]:.0f} s)") for k, v in metrics["stage_seconds"].items()]
     by_prompt: dict[str, list] = {}
     for record in json.loads(vio.read_bytes(vio.join(metrics["paths"]["shapes"], "shapes.json")))["images"]:
         by_prompt.setdefault(record["prompt"], []).append(record)
