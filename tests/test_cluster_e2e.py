@@ -42,12 +42,21 @@ def free_ports(n: int) -> list[int]:
             s.close()
 
 
+def ephemeral_low() -> int:
+    """Lowest port the kernel hands out for bind(0) (free_ports draws from there)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_range(size: int) -> int:
-    """Start of `size` consecutive free ports, away from Ray's default worker range (10002-19999)
-    so other Ray instances on this machine do not collide with this head's workers."""
+    """Start of `size` consecutive free ports between Ray's default worker range (10002-19999),
+    so other Ray instances on this machine do not collide with this head's workers, and the
+    kernel's ephemeral range, so the component ports from `free_ports` cannot fall inside it."""
     rng = random.Random()
     for _ in range(50):
-        start = rng.randrange(30000, 60000 - size)
+        start = rng.randrange(20000, ephemeral_low() - size)
         try:
             socks = []
             for port in range(start, start + size):
