@@ -4,7 +4,7 @@ Every architecture number is written out rather than left to transformers' defau
 configs stay offline and version-proof. Sources:
 
 * InternVL3-1B: the original `OpenGVLab/InternVL3-1B` config and module tree as printed by
-  `AutoModel.from_pretrained(..., trust_remote_code=True)` (github shivangjhalani/multicoco,
+  the original remote-code model class (github shivangjhalani/multicoco,
   InternVL3-1B_data.md): InternViT-300M (24 layers, width 1024, 16 heads, MLP 4096, qkv bias, no
   qk-norm, LayerNorm eps 1e-6, 448 px, patch 14), mlp1 = LN(4096, eps 1e-5) -> 4096->896 -> GELU ->
   896->896, Qwen2 LLM (896 wide, 24 layers, 14 heads, 2 KV heads, MLP 4864, vocab 151674, rope theta
