@@ -6,7 +6,8 @@
     (8) scores, reconstruction metrics, report.html + metrics.json. The cluster is started here and
     shut down at the end (also on errors), so no process is left behind.
 
-Every stage has a share of the time budget. Training steps come from a short in-process probe of
+Every stage has a share of the time budget (training stages also get what earlier stages left
+over). Training steps come from a short in-process probe of
 the stage's step time on this machine (capped at the preset's steps; `steps` fixes them instead),
 and each training run also gets a wall-time cap (`train.time_limit_s`) of what is left of its
 share, so the demo keeps to its budget when the machine is slower or busier than the probe saw.
@@ -54,6 +55,12 @@ class Stages:
 
     def budget(self, name: str) -> float:
         return BUDGET_SHARES[name] * self.budget_s
+
+    def available(self, name: str) -> float:
+        """The stage's share, or more when earlier stages left time over (later shares are kept)."""
+        names = list(BUDGET_SHARES)
+        later = sum(BUDGET_SHARES[n] for n in names[names.index(name) + 1:]) * self.budget_s
+        return max(self.budget(name), self.budget_s - (time.time() - self.started) - later)
 
     def run(self, name: str, fn, *args, **kwargs):
         index = list(BUDGET_SHARES).index(name) + 1
@@ -177,12 +184,12 @@ def run_demo(opts: DemoOptions) -> dict:
     try:
         metrics["data"] = stages.run("data", write_data, opts, paths["shards"])
         stages.run("prep", _prep_both, opts, paths)
-        metrics["train_ae"] = stages.run("train-ae", train_stage, opts, stages.budget("train-ae"), "train-ae",
+        metrics["train_ae"] = stages.run("train-ae", train_stage, opts, stages.available("train-ae"), "train-ae",
                                          "stage1", "pipelines.train_ae:AEStage", "ae_stage1", cfg, paths["ae_run"],
                                          paths["prepared"])
         stages.run("prep-latents", _cli, "prep-latents", "--data", paths["prepared"], "--ae", paths["ae"],
                    "--output", paths["latents"], "--num-cpus", "2")
-        metrics["train_ar"] = stages.run("train-ar", train_stage, opts, stages.budget("train-ar"), "train-ar",
+        metrics["train_ar"] = stages.run("train-ar", train_stage, opts, stages.available("train-ar"), "train-ar",
                                          "pretrain", "pipelines.train_ar:ARStage", "ar_pretrain", cfg,
                                          paths["ar_run"], paths["latents"], paths["ae"])
         url = stages.run("serve", serve_model, paths["pipeline"])
