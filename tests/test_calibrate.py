@@ -1,0 +1,56 @@
+"""`python -m vgt.benchmarks.calibrate`: both stages on the `tiny` preset for a couple of CPU-seconds, in-process."""
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from vgt.benchmarks import calibrate
+from vgt.presets import get_preset
+
+TINY = ["--preset", "tiny", "--minutes", "0.03", "--marks", "0.01,0.03", "--train-images", "64"]
+
+
+def records(out: str) -> list[dict]:
+    return [json.loads(line) for line in out.splitlines() if line.startswith("{")]
+
+
+def check_marks(recs: list[dict], stage: str, batch_size: int) -> None:
+    assert [r["cpu_min"] for r in recs] == [0.01, 0.03]
+    for r in recs:
+        assert r["stage"] == stage and r["step"] > 0 and r["images_seen"] == r["step"] * batch_size
+        assert all(0 <= r[t] <= 1 for t in calibrate.TASKS)
+
+
+@pytest.mark.timeout(120)  # ~15 s on one idle core
+def test_ae_then_ar_report_every_mark_and_save_loadable_folders(tmp_path, capsys):
+    from vgt.ae import VGTAutoencoder
+    from vgt.pipeline import VGTPipeline
+
+    train = get_preset("tiny").train
+    assert calibrate.main(["ae", *TINY, "--out", str(tmp_path / "ae")]) == 0
+    out = capsys.readouterr().out
+    ae_recs = records(out)
+    check_marks(ae_recs, "ae", train.ae_stage1.batch_size)
+    assert all(math.isfinite(r["psnr"]) and r["psnr"] > 5 for r in ae_recs)
+    assert out.count("\n| 0.0") == 2  # one markdown row per mark
+    VGTAutoencoder.from_pretrained(str(tmp_path / "ae"))
+
+    assert calibrate.main(["ar", *TINY, "--ae", str(tmp_path / "ae"), "--out", str(tmp_path / "ar")]) == 0
+    ar_recs = records(capsys.readouterr().out)
+    check_marks(ar_recs, "ar", train.ar_pretrain.batch_size)
+    assert "psnr" not in ar_recs[0]
+    VGTPipeline.from_pretrained(str(tmp_path / "ar"))
+    assert (tmp_path / "ar-samples.png").is_file()
+
+
+def test_unknown_override_is_one_clear_line(tmp_path, capsys):
+    assert calibrate.main(["ae", "--preset", "tiny", "--out", str(tmp_path / "ae"), "ae.nosuch=1"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: unknown config key 'ae.nosuch'") and "Traceback" not in err
+
+
+def test_marks_are_clipped_to_the_budget():
+    assert calibrate.clip_marks([1, 2, 4, 6], 3) == [1, 2, 3]
+    assert calibrate.clip_marks([1, 2, 4, 6], 8) == [1, 2, 4, 6, 8]
