@@ -19,7 +19,8 @@ from pipelines.train_ckpt import Trainables
 from pipelines.train_dist import WorkerEnv, accumulate, clip_and_step, distribute, gathered, split
 from pipelines.train_images import image_grid
 from pipelines.train_loop import LoopSpec
-from pipelines.train_optim import EMA, adamw, param_groups, scheduler
+from pipelines.train_optim import adamw, param_groups, scheduler
+from vgt.ema import EMA
 from vgt import io as vio
 from vgt.ae.model import VGTAutoencoder
 from vgt.ar.model import KIND, VGTModel

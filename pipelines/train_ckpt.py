@@ -24,7 +24,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pipelines.train_dist import WorkerEnv, unwrap
-from pipelines.train_optim import EMA
+from vgt.ema import EMA
 
 STATE_FILE = "state.json"
 

@@ -1,4 +1,4 @@
-"""Optimiser pieces shared by the AE and AR stages: parameter groups, warm-up + cosine, EMA."""
+"""Optimiser pieces shared by the AE and AR stages: parameter groups, warm-up + cosine (EMA: vgt.ema)."""
 from __future__ import annotations
 
 import math
@@ -51,24 +51,3 @@ def adamw(groups: list[dict], lr: float, betas: tuple[float, float]) -> torch.op
 
 def scheduler(opt: torch.optim.Optimizer, warmup: int, total: int, end_ratio: float):
     return torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(warmup, total, end_ratio))
-
-
-class EMA:
-    """Exponential moving average of the trainable parameters (sharded like them under FSDP2).
-
-    After update k: k <= start -> a copy of the weights; k > start -> d*ema + (1-d)*weights
-    (the reference's EMAHook with `begin_iter`).
-    """
-
-    def __init__(self, module: nn.Module, decay: float, start: int):
-        self.decay, self.start = decay, start
-        self.params = {n: p for n, p in module.named_parameters() if p.requires_grad}
-        self.shadow = {n: p.detach().clone() for n, p in self.params.items()}
-
-    @torch.no_grad()
-    def update(self, updates_done: int) -> None:
-        for name, p in self.params.items():
-            if updates_done <= self.start:
-                self.shadow[name].copy_(p.detach())
-            else:
-                self.shadow[name].mul_(self.decay).add_(p.detach(), alpha=1.0 - self.decay)

@@ -23,7 +23,8 @@ from pipelines.train_ckpt import Trainables
 from pipelines.train_data import MixedFeed, epoch_order
 from pipelines.train_dist import WorkerEnv, accumulate, clip_and_step, distribute, split, unwrap
 from pipelines.train_loop import LoopSpec, run_loop
-from pipelines.train_optim import EMA, adamw, param_groups, scheduler, warmup_cosine
+from pipelines.train_optim import adamw, param_groups, scheduler, warmup_cosine
+from vgt.ema import EMA
 from vgt import io as vio
 from vgt.config import to_dict
 from vgt.data.layout import FORMAT_VERSION, KIND, part_uri, write_manifest

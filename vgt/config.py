@@ -70,6 +70,7 @@ class ARConfig:
     cfg_dropout: float = 0.1
     per_sample_order: bool = True  # reference: one permutation per batch (parity switch)
     fp32_flow: bool = True  # flow-loss t, noise and targets in fp32 (reference: the bf16 model dtype)
+    head_batch_mul: int = 1  # (t, noise) draws per token in the flow loss (MAR uses 4; reference: 1)
     repa_weight: float = 0.0
 
 

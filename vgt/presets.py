@@ -11,7 +11,7 @@ import copy
 import difflib
 from typing import Callable
 
-from vgt.backbones.real_configs import DC_AE_F32C32_SANA, INTERNVL3_1B, INTERNVL3_2B, QWEN25VL_3B
+from vgt.backbones.real_configs import DC_AE_F32C32_SANA, INTERNVL3_1B, INTERNVL3_2B, QWEN25VL_3B, dc_ae_config
 from vgt.backbones.tiny_configs import TINY_DC_AE, TINY_INTERNVL, TINY_QWEN
 from vgt.config import (AEConfig, AEStageConfig, ARConfig, ARStageConfig, BackboneConfig, DataConfig,
                         ConfigError, DecoderConfig, FlowHeadConfig, SampleConfig, TrainConfig, VGTConfig,
@@ -49,25 +49,28 @@ def _tiny(name: str, family: str, hf_config: dict, timeshift: float | None) -> V
 def _demo() -> VGTConfig:
     """`vgt demo` on synthetic shapes (README "Calibration"): a 4-layer 192-wide LLM (1.7M
     parameters + 0.1M projections/queries), a 224 x 4 flow head (1.2M), the tiny vision tower and a
-    DC-AE decoder (0.3M), 112 px, 4x4x32 latents.
+    5-stage DC-AE decoder (0.3M), 112 px, 4x4x32 latents.
     One AE stage with the channel LayerNorm on (the AR stage samples normalised latents), MSE only
     (no perceptual weights, no GAN). Step counts fit the demo's default budget on 2 cores."""
     hf_config = copy.deepcopy(TINY_INTERNVL)
     hf_config["text_config"].update(hidden_size=192, intermediate_size=512, num_hidden_layers=4,
                                     num_attention_heads=4, num_key_value_heads=2)
     cfg = _tiny("demo", "internvl", hf_config, timeshift=1.4)
-    # twice the tiny widths, no blocks at full resolution: per CPU-minute the best AE of the calibration
-    widths = [16, 16, 32, 32, 64, 64]
-    cfg.ae.decoder.dc_config.update(decoder_layers_per_block=[0, 1, 1, 1, 1, 1], decoder_block_out_channels=widths,
-                                    encoder_block_out_channels=widths)
+    # per CPU-minute the best AE of the calibration: 5 stages decode 4x4 to 64 px (resized to 112),
+    # 1.6x cheaper per step than the f32 layout at the same quality per step
+    layers = [0, 1, 1, 1, 1]
+    cfg.ae.decoder.dc_config = dc_ae_config([16, 32, 32, 64, 64], encoder_layers=layers, decoder_layers=layers,
+                                            attention_head_dim=8)
     cfg.ar.head = FlowHeadConfig(width=224, depth=4, timeshift=1.4)
+    cfg.ar.head_batch_mul = 4  # the head is ~1/4 of a step's compute; 4 draws per token learn faster
     cfg.data.image_format = "png"  # flat colours: lossless
     cfg.train = TrainConfig(
-        ae_stage1=AEStageConfig(steps=1500, batch_size=8, lr=3e-3, end_lr=3e-4, warmup_steps=20, encoder_lr_mult=1.0,
+        ae_stage1=AEStageConfig(steps=2500, batch_size=8, lr=1e-3, end_lr=1e-4, warmup_steps=20, encoder_lr_mult=1.0,
                                 encoder_norm=True, noise_gamma=0.0, distill_weight=0.0, lpips_weight=0.0,
                                 convnext_weight=0.0, gan_weight=0.0, disc_start=10**9),
+        # EMA over ~the last 100 steps: a 0.999 average lags a run of a few hundred steps
         ar_pretrain=ARStageConfig(steps=1500, batch_size=32, lr=1e-3, end_lr=1e-4, warmup_steps=50,
-                                  ema_decay=0.999, ema_start=200),
+                                  ema_decay=0.99, ema_start=100),
         checkpoint_every=500, log_every=10, sample_every=0, cpus_per_worker=0.5)
     cfg.sample = SampleConfig(guidance_scale=3.0, cfg_schedule="constant", num_steps=16, parallel_tokens=4)
     return cfg

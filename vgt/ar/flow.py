@@ -30,12 +30,17 @@ def randn(shape, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor
 
 
 def flow_loss(head, x1: torch.Tensor, cond: torch.Tensor, generator: torch.Generator,
-              shift: float | None = None, fp32: bool = True, return_repa: bool = False):
+              shift: float | None = None, fp32: bool = True, return_repa: bool = False, batch_mul: int = 1):
     """Velocity-MSE over N tokens: x1 [N, C] targets, cond [N, D]. Returns (loss, repa features or None).
 
     fp32=True keeps t, noise, x_t and the target velocity in fp32 (the reference casts t and the
     targets to the bf16 model dtype, `fp32=False`); the squared error is always taken in fp32.
+    batch_mul > 1 scores every token at that many independent (t, noise) draws (MAR's diffusion
+    batch multiplier): more head signal per backbone forward; REPA features are of the first draw.
     """
+    if batch_mul < 1:
+        raise ValueError(f"batch_mul must be >= 1, got {batch_mul}")
+    x1, cond = x1.repeat(batch_mul, 1), cond.repeat(batch_mul, 1)
     n = x1.shape[0]
     t = sample_timesteps(n, generator, shift).to(x1.device)
     eps = randn(x1.shape, generator, x1)
@@ -46,7 +51,7 @@ def flow_loss(head, x1: torch.Tensor, cond: torch.Tensor, generator: torch.Gener
     out = head(x_t.to(cond.dtype), t, cond, return_repa=return_repa)
     v, repa = out if return_repa else (out, None)
     loss = (v.float() - (x1 - eps).float()).pow(2).mean(dim=-1).mean()
-    return loss, repa
+    return loss, (repa[: n // batch_mul] if repa is not None else None)
 
 
 def cfg_combine(v_cond: torch.Tensor, v_uncond: torch.Tensor, scale: float) -> torch.Tensor:

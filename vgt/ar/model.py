@@ -160,7 +160,7 @@ class VGTModel(nn.Module):
         use_repa = self.config.repa_weight > 0
         flow, repa = flow_loss(self.head, tokens.reshape(-1, self.latent_dim), cond.reshape(-1, cond.shape[-1]),
                                generator, shift=self.config.head.timeshift, fp32=self.config.fp32_flow,
-                               return_repa=use_repa)
+                               return_repa=use_repa, batch_mul=self.config.head_batch_mul)
         if not use_repa:
             return {"loss": flow, "flow_loss": flow}
         feats = self._teacher_features(teacher_features, pixels, (h, w))

@@ -68,16 +68,20 @@ QWEN25VL_3B = dict(
 
 def dc_ae_config(widths: list[int], encoder_layers: list[int], decoder_layers: list[int],
                  attention_head_dim: int) -> dict:
-    """AutoencoderDC kwargs of the f32 layout: 6 stages (3 ResBlock + 3 EfficientViT with
-    multi-scale 5 attention), interpolate upsampling, conv downsampling, RMS norm, SiLU."""
-    types = ["ResBlock"] * 3 + ["EfficientViTBlock"] * 3
-    multiscales = [[], [], [], [5], [5], [5]]
+    """AutoencoderDC kwargs of the DC-AE layout: len(widths) stages (spatial factor 2**(stages-1);
+    6 stages = f32), ResBlocks then the last 3 EfficientViT with multi-scale 5 attention,
+    interpolate upsampling, conv downsampling, RMS norm, SiLU."""
+    if len(widths) < 3 or not len(widths) == len(encoder_layers) == len(decoder_layers):
+        raise ValueError(f"need >= 3 stages and one layer count per stage: widths {widths}, "
+                         f"encoder_layers {encoder_layers}, decoder_layers {decoder_layers}")
+    types = ["ResBlock"] * (len(widths) - 3) + ["EfficientViTBlock"] * 3
+    multiscales = [[]] * (len(widths) - 3) + [[5]] * 3
     return dict(
         in_channels=3, latent_channels=32, attention_head_dim=attention_head_dim,
         encoder_block_types=types, decoder_block_types=list(types),
         encoder_block_out_channels=list(widths), decoder_block_out_channels=list(widths),
         encoder_layers_per_block=list(encoder_layers), decoder_layers_per_block=list(decoder_layers),
-        encoder_qkv_multiscales=multiscales, decoder_qkv_multiscales=[list(m) for m in multiscales],
+        encoder_qkv_multiscales=[list(m) for m in multiscales], decoder_qkv_multiscales=[list(m) for m in multiscales],
         upsample_block_type="interpolate", downsample_block_type="Conv",
         decoder_norm_types="rms_norm", decoder_act_fns="silu", scaling_factor=0.41407,
         encoder_out_shortcut=True, decoder_in_shortcut=True, decoder_conv_act_fn="relu")

@@ -26,7 +26,7 @@ reconstructions: the ceiling an AR model on this AE can reach. `--out`: the AE (
 
 `ar`: encodes the training renders once with the `--ae` folder's AE (what `vgt prep-latents`
 stores: float16), then trains a `VGTModel` from the preset's `ar` config with `train.ar_pretrain`'s
-settings and an EMA of decay min(`ema_decay`, (1 + k) / (10 + k)) after update k. At each mark the
+settings and its EMA (`vgt.ema`: a copy up to `ema_start`, then decay `ema_decay`). At each mark the
 EMA weights sample the 48 held-out prompts x 1 image through `VGTPipeline` (the preset's `sample`
 guidance scale, CFG schedule, flow steps, parallel tokens and order; image i draws from
 `image_generator(--seed, i)`), which are decoded and scored. `--out`: the pipeline folder with the
@@ -40,7 +40,7 @@ for a bad preset, override or AE folder.
 from __future__ import annotations
 
 import argparse
-import contextlib
+import itertools
 import json
 import math
 import sys
@@ -195,36 +195,6 @@ def train(stage: str, step_fn: Callable[[], float], batch_size: int, marks: list
     return records
 
 
-class EMA:
-    """Shadow copies of `params`; update k (from 1) uses the decay min(decay, (1 + k) / (10 + k))."""
-
-    def __init__(self, params: list[torch.nn.Parameter], decay: float):
-        self.params, self.decay, self.updates = params, decay, 0
-        self.shadow = [p.detach().clone() for p in params]
-
-    @torch.no_grad()
-    def update(self) -> None:
-        self.updates += 1
-        decay = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for shadow, p in zip(self.shadow, self.params):
-            shadow.lerp_(p, 1 - decay)
-
-    @contextlib.contextmanager
-    def applied(self):
-        """The EMA weights in the parameters inside the block, the training weights again after it."""
-        backup = [p.detach().clone() for p in self.params]
-        self._load(self.shadow)
-        try:
-            yield
-        finally:
-            self._load(backup)
-
-    @torch.no_grad()
-    def _load(self, values: list[torch.Tensor]) -> None:
-        for p, v in zip(self.params, values):
-            p.copy_(v)
-
-
 # -- ae ----------------------------------------------------------------------------------------------
 def run_ae(args: argparse.Namespace, marks: list[float]) -> list[dict]:
     from vgt.ae import VGTAutoencoder, apply_stage
@@ -271,6 +241,7 @@ def run_ar(args: argparse.Namespace, marks: list[float]) -> list[dict]:
     from vgt.ae import VGTAutoencoder
     from vgt.ar.model import VGTModel
     from vgt.backbones import load_tokenizer
+    from vgt.ema import EMA
     from vgt.eval.shapes import caption, eval_prompts
     from vgt.pipeline import VGTPipeline
     from vgt.presets import get_preset
@@ -286,7 +257,8 @@ def run_ar(args: argparse.Namespace, marks: list[float]) -> list[dict]:
     model = VGTModel(cfg.ar, latent_dim=ae.config.latent_channels, tokenizer=tokenizer)
     pipe = VGTPipeline(cfg, model, ae, tokenizer)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt, ema, generator = adamw(params, stage), EMA(params, stage.ema_decay), torch.Generator().manual_seed(args.seed)
+    opt, generator = adamw(params, stage), torch.Generator().manual_seed(args.seed)
+    ema, updates = EMA(model, stage.ema_decay, stage.ema_start), itertools.count(1)
     prompts, samples = eval_prompts(), []
     model.train()
 
@@ -294,7 +266,7 @@ def run_ar(args: argparse.Namespace, marks: list[float]) -> list[dict]:
         idx = torch.randint(len(captions), (stage.batch_size,), generator=generator)
         loss = model([captions[i] for i in idx], latents=latents[idx], generator=generator)["loss"]
         optimise(opt, params, loss, stage.grad_clip)
-        ema.update()
+        ema.update(next(updates))
         return loss.item()
 
     def evaluate() -> dict:
