@@ -24,7 +24,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-images", type=int, default=4000, help="synthetic training images (default 4000)")
     parser.add_argument("--heldout-images", type=int, default=96,
                         help="held-out ground-truth renders for the reconstruction metrics and the AE ceiling (default 96)")
-    parser.add_argument("--workers", type=int, default=2, help="Ray Train workers per training stage (default 2)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="Ray Train workers per training stage; the preset's batch is split over them (default 2)")
     parser.add_argument("--seed", type=int, default=0, help="data and sampling seed (default 0)")
     parser.add_argument("--preset", default="demo", help="preset to train (default demo)")
     parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every stage")
