@@ -113,40 +113,30 @@ def test_time_shift_and_timesteps_hand_computed():
     assert torch.equal(flow.sample_timesteps(6, torch.Generator().manual_seed(3)), torch.sigmoid(s))
 
 
-def test_flow_loss_is_velocity_mse_with_noise_at_t0():
+@pytest.mark.parametrize("batch_mul", [1, 3])
+def test_flow_loss_is_velocity_mse_with_noise_at_t0(batch_mul):
+    """Every token is scored at `batch_mul` independent (t, noise) draws, all from the generator."""
     seen = {}
 
     def head(x_t, t, c, return_repa=False):
-        seen.update(x_t=x_t, t=t)
+        seen.update(x_t=x_t, t=t, c=c)
         return c[:, :4] * 0.5
 
     x1, c = torch.randn(5, 4), torch.randn(5, 4)
-    loss, _ = flow.flow_loss(head, x1, c, torch.Generator().manual_seed(7))
-    g = torch.Generator().manual_seed(7)
-    t = torch.sigmoid(torch.randn(5, generator=g))
-    eps = torch.randn(5, 4, generator=g)
-    assert torch.equal(seen["t"], t)
-    assert torch.allclose(seen["x_t"], t[:, None] * x1 + (1 - t[:, None]) * eps, atol=1e-7)
-    assert loss.item() == pytest.approx(((c * 0.5 - (x1 - eps)) ** 2).mean().item(), rel=1e-6)
-
-def test_flow_loss_batch_mul_scores_each_token_at_k_draws():
-    seen = {}
-
-    def head(x_t, t, c, return_repa=False):
-        seen.update(x_t=x_t, c=c)
-        return c[:, :4] * 0.5
-
-    x1, c = torch.randn(5, 4), torch.randn(5, 4)
-    loss, _ = flow.flow_loss(head, x1, c, torch.Generator().manual_seed(7), batch_mul=3)
-    g = torch.Generator().manual_seed(7)
-    t = torch.sigmoid(torch.randn(15, generator=g))
-    eps = torch.randn(15, 4, generator=g)
-    x1k, ck = x1.repeat(3, 1), c.repeat(3, 1)
-    assert torch.equal(seen["c"], ck) and seen["x_t"].shape == (15, 4)
+    loss, _ = flow.flow_loss(head, x1, c, torch.Generator().manual_seed(7), batch_mul=batch_mul)
+    n, g = 5 * batch_mul, torch.Generator().manual_seed(7)
+    t = torch.sigmoid(torch.randn(n, generator=g))
+    eps = torch.randn(n, 4, generator=g)
+    x1k, ck = x1.repeat(batch_mul, 1), c.repeat(batch_mul, 1)
+    assert torch.equal(seen["t"], t) and torch.equal(seen["c"], ck)
     assert torch.allclose(seen["x_t"], t[:, None] * x1k + (1 - t[:, None]) * eps, atol=1e-7)
     assert loss.item() == pytest.approx(((ck * 0.5 - (x1k - eps)) ** 2).mean().item(), rel=1e-6)
-    with pytest.raises(ValueError, match="batch_mul"):
-        flow.flow_loss(head, x1, c, torch.Generator(), batch_mul=0)
+
+
+def test_flow_loss_refuses_a_batch_mul_below_one():
+    with pytest.raises(ValueError, match="batch_mul must be >= 1"):
+        flow.flow_loss(lambda x_t, t, c, return_repa=False: c, torch.randn(2, 4), torch.randn(2, 4),
+                       torch.Generator(), batch_mul=0)
 
 
 
