@@ -7,10 +7,9 @@
     shut down at the end (also on errors), so no process is left behind.
 
 Every stage has a share of the time budget (training stages also get what earlier stages left
-over). Training steps come from a short in-process probe of
-the stage's step time on this machine (capped at the preset's steps; `steps` fixes them instead),
-and each training run also gets a wall-time cap (`train.time_limit_s`) of what is left of its
-share, so the demo keeps to its budget when the machine is slower or busier than the probe saw.
+over). Training steps are the stage's budget times the step rate measured on 2 cores (capped at
+the preset's steps; `steps` fixes them instead), and each training run also gets a wall-time cap
+(`train.time_limit_s`) of its budget, so the demo keeps to it on a slower or busier machine.
 """
 from __future__ import annotations
 
@@ -32,12 +31,12 @@ from vgt import io as vio
 BUDGET_SHARES = {"data": 0.03, "prep": 0.07, "train-ae": 0.30, "prep-latents": 0.04, "train-ar": 0.40,
                  "serve": 0.05, "generate": 0.06, "report": 0.05}
 TRAIN_FIXED_S = 25.0  # Ray Train start-up + export per training stage, not available for steps
-PROBE_STEPS = 4  # steps timed in-process before each training stage (the first one is warm-up)
 PROGRESS_EVERY_S = 30.0  # a training progress line this often (worker logs are not forwarded)
-# Ray Train step time (2 workers x 1 thread, the batch split over them) per second of the probe's
-# one-thread step on the whole batch, measured by the default demo on 2 cores: per-step costs
-# (all-reduce, reports, data) outweigh the halved batch for the small AE, not for the AR stage.
-DDP_STEP_RATIO = {"ae_stage1": 2.6, "ar_pretrain": 1.0}
+# Ray Train optimiser steps per second of a stage's share, the preset's batch split over 2 workers,
+# measured by the default demo on 2 idle cores (median step gaps of two runs: AE 0.17-0.20 s, AR
+# 0.42-0.46 s). Fixed rates, not a probe: a few timed steps right after the previous stage varied
+# 6x between runs. A slower machine is held to the budget by `train.time_limit_s`.
+STEPS_PER_SECOND = {"ae_stage1": 5.0, "ar_pretrain": 2.3}
 
 
 @dataclass
@@ -116,46 +115,17 @@ def write_data(opts: DemoOptions, data: str) -> dict:
     return {"shards": len(ray.get(jobs)), "train_images": opts.train_images, "heldout_images": opts.heldout_images}
 
 
-def probe_step_seconds(stage: str, stage_key: str, config: dict, data: str, ae: str | None) -> float:
-    """Seconds per optimiser step of `stage` here, one thread (median of the timed steps)."""
-    import statistics
-
-    import torch
-
-    from pipelines.train_dist import WorkerEnv
-    from pipelines.train_loop import LoopSpec, run_loop
-
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with tempfile.TemporaryDirectory(prefix="vgt-demo-probe-") as tmp:
-            spec = LoopSpec(stage=stage, stage_key=stage_key, config=config, data=[data], out=tmp,
-                            steps=PROBE_STEPS + 1, ae=ae)
-            records = [r for r in run_loop(spec, WorkerEnv()) if "samples_per_s" in r]
-    finally:
-        torch.set_num_threads(threads)
-    batch = config["train"][stage_key]["batch_size"]
-    return statistics.median(batch / r["samples_per_s"] for r in records[1:])
-
-
-def train_stage(opts: DemoOptions, budget_s: float, command: str, stage_arg: str, stage: str, stage_key: str,
+def train_stage(opts: DemoOptions, budget_s: float, command: str, stage_arg: str, stage_key: str,
                 cfg, out: str, data: str, ae: str | None = None) -> dict:
-    """Size the steps (probe, unless --steps), then run `vgt train-ae|train-ar` with a wall-time cap
-    (`train.time_limit_s`) of what is left of the stage's budget, so a slower machine still fits."""
-    from vgt.config import to_dict
-
-    start = time.time()
+    """Size the steps to the budget (unless --steps), then run `vgt train-ae|train-ar` with a wall-time
+    cap (`train.time_limit_s`) of the stage's budget, so a slower machine still fits."""
     cap, batch = getattr(cfg.train, stage_key).steps, getattr(cfg.train, stage_key).batch_size
     # the preset's batch is the calibrated one: split it over the workers (at equal samples, more
     # optimiser steps learn more in a short run than bigger batches)
     plan = {"preset_steps": cap, "batch_per_worker": max(1, batch // opts.workers)}
-    if opts.steps is not None:
-        plan["steps"] = opts.steps
-    else:
-        step_s = probe_step_seconds(stage, stage_key, to_dict(cfg), data, ae) * DDP_STEP_RATIO[stage_key]
-        plan.update(steps=max(10, min(cap, int(max(budget_s - TRAIN_FIXED_S, 0) / step_s))),
-                    probe_step_seconds=round(step_s, 4))
-    plan["time_limit_s"] = round(max(10.0, budget_s - TRAIN_FIXED_S - (time.time() - start)), 1)
+    train_s = max(budget_s - TRAIN_FIXED_S, 0.0)
+    plan["steps"] = opts.steps or max(10, min(cap, int(train_s * STEPS_PER_SECOND[stage_key])))
+    plan["time_limit_s"] = round(max(10.0, train_s), 1)
     extra = ["--data", data] + (["--ae", ae] if ae else [])
     with training_progress(command, vio.join(out, "metrics.jsonl"), plan["steps"]):
         _cli(command, "--preset", opts.preset, "--stage", stage_arg, "--out", out, "--steps", str(plan["steps"]),
@@ -226,13 +196,12 @@ def run_demo(opts: DemoOptions) -> dict:
         metrics["data"] = stages.run("data", write_data, opts, paths["shards"])
         stages.run("prep", _prep_both, opts, paths)
         metrics["train_ae"] = stages.run("train-ae", train_stage, opts, stages.available("train-ae"), "train-ae",
-                                         "stage1", "pipelines.train_ae:AEStage", "ae_stage1", cfg, paths["ae_run"],
-                                         paths["prepared"])
+                                         "stage1", "ae_stage1", cfg, paths["ae_run"], paths["prepared"])
         stages.run("prep-latents", _cli, "prep-latents", "--data", paths["prepared"], "--ae", paths["ae"],
                    "--output", paths["latents"], "--num-cpus", "2")
         metrics["train_ar"] = stages.run("train-ar", train_stage, opts, stages.available("train-ar"), "train-ar",
-                                         "pretrain", "pipelines.train_ar:ARStage", "ar_pretrain", cfg,
-                                         paths["ar_run"], paths["latents"], paths["ae"])
+                                         "pretrain", "ar_pretrain", cfg, paths["ar_run"], paths["latents"],
+                                         paths["ae"])
         url = stages.run("serve", serve_model, paths["pipeline"])
         sample = {"guidance_scale": cfg.sample.guidance_scale}
         from pipelines.eval_shapes import shapes_eval
