@@ -142,7 +142,7 @@ def training_progress(label: str, metrics_uri: str, steps: int):
     def watch() -> None:
         while not done.wait(PROGRESS_EVERY_S):
             last = _last_record(metrics_uri)
-            if last:
+            if last and "loss" in last:
                 print(f"  {label}: step {last['step']} of {steps}, loss {last['loss']:.4f}, "
                       f"{time.time() - start:.0f} s", flush=True)
 
