@@ -105,3 +105,21 @@ def test_full_default_demo(tmp_path):
     # the preset's (calibrated) batch is split over the 2 workers; long training prints progress
     assert (metrics["train_ae"]["batch_per_worker"], metrics["train_ar"]["batch_per_worker"]) == (4, 16)
     assert re.search(r"^  train-ar: step \d+ of \d+, loss [0-9.]+, \d+ s$", proc.stdout, re.M), proc.stdout[-2000:]
+
+
+@pytest.mark.timeout(30)
+def test_training_progress_prints_only_step_records(tmp_path, capsys, monkeypatch):
+    import time
+
+    import pipelines.demo as demo
+
+    monkeypatch.setattr(demo, "PROGRESS_EVERY_S", 0.1)
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text(json.dumps({"event": "start", "step": 0}) + "\n")  # no loss yet: nothing to print
+    with demo.training_progress("train-ae", str(metrics), 10):
+        time.sleep(0.35)
+        assert capsys.readouterr().out == ""
+        metrics.write_text(metrics.read_text() + json.dumps({"step": 3, "loss": 0.5}) + "\n")
+        time.sleep(0.35)
+    lines = capsys.readouterr().out.splitlines()
+    assert lines and all(re.fullmatch(r"  train-ae: step 3 of 10, loss 0\.5000, \d+ s", line) for line in lines), lines
