@@ -59,6 +59,7 @@ def ae_ceiling(ae_dir: str, heldout: str, report: str) -> dict:
     import torch
 
     from vgt.ae import VGTAutoencoder
+    from vgt.data.images import to_uint8
     from vgt.data.reader import PreparedDataset
     from vgt.eval.recon import model_inputs
     from vgt.eval.shapes import score_images, spec_of, summarize
@@ -69,11 +70,10 @@ def ae_ceiling(ae_dir: str, heldout: str, report: str) -> dict:
     pixels = model_inputs(table.column("image").to_pylist(), data.resolution, "standard")
     with torch.no_grad():
         recon = ae(pixels).clamp(-1, 1)
-    to_u8 = lambda x: ((x + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()  # noqa: E731
-    images = [Image.fromarray(a) for a in to_u8(recon)]
+    images = [Image.fromarray(a) for a in to_uint8(recon)]
     summary = summarize(score_images([spec_of(c) for c in table.column("caption").to_pylist()], images))
     k = min(GRID_IMAGES, len(images))
-    grid = np.concatenate([np.concatenate(list(to_u8(pixels[:k])), 1), np.concatenate(list(to_u8(recon[:k])), 1)], 0)
+    grid = np.concatenate([np.concatenate(list(to_uint8(pixels[:k])), 1), np.concatenate(list(to_uint8(recon[:k])), 1)], 0)
     _save(Image.fromarray(grid), vio.join(report, "recon_grid.png"))
     return {k2: v for k2, v in summary.items() if k2 != "per_prompt"}
 

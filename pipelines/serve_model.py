@@ -113,16 +113,11 @@ class DecoderModel:
     def decode(self, latents: np.ndarray) -> np.ndarray:
         import torch
 
+        from vgt.data.images import to_uint8
+
         with torch.inference_mode():  # grad mode is per thread: set it in the worker thread itself
             pixels = self.ae.decode(torch.from_numpy(latents).to(self.device, self.dtype))
         return to_uint8(pixels)
-
-
-def to_uint8(pixels) -> np.ndarray:
-    """[B, 3, H, W] in [-1, 1] -> uint8 [B, H, W, 3] (the rounding VGTPipeline.decode uses)."""
-    import torch
-
-    return ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def encode_image(image: np.ndarray, fmt: str) -> bytes:

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 from PIL import Image
 
-from vgt.data import decode_image, to_pixels
+from vgt.data import decode_image, to_pixels, to_uint8
 
 
 def random_crop_flip(img: Image.Image, size: int, generator: torch.Generator) -> Image.Image:
@@ -27,8 +27,7 @@ def augmented_pixels(rows: list[dict], size: int, generator: torch.Generator) ->
 def image_grid(rows: list[torch.Tensor]) -> Image.Image:
     """Rows of [B, 3, H, W] images in [-1, 1] (same shapes) -> one RGB image, a row per tensor."""
     grid = torch.cat([torch.cat(list(r.detach().float().cpu()), dim=2) for r in rows], dim=1)
-    arr = ((grid.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(1, 2, 0).numpy()
-    return Image.fromarray(arr)
+    return Image.fromarray(to_uint8(grid[None])[0])
 
 
 def device_generator(device: torch.device, generator: torch.Generator) -> torch.Generator:

@@ -129,8 +129,9 @@ class VGTPipeline:
             pixels = ae.decode(latents.to(device=_device(ae), dtype=_dtype(ae)))
             if size is not None and tuple(pixels.shape[-2:]) != tuple(size):
                 pixels = F.interpolate(pixels.float(), size=size, mode="bilinear", align_corners=False)
-        rgb = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu()
-        return [Image.fromarray(img.numpy()) for img in rgb]
+        from vgt.data.images import to_uint8
+
+        return [Image.fromarray(img) for img in to_uint8(pixels)]
 
     def image_size(self, height: int | None = None, width: int | None = None) -> tuple[int, int]:
         """(height, width) with the preset resolution as default, checked against the AE stride."""

@@ -150,12 +150,6 @@ def batch_pixels(images: list[Image.Image], batch_size: int, generator: torch.Ge
     return to_pixels([images[i] for i in torch.randint(len(images), (batch_size,), generator=generator)])
 
 
-def to_rgb(pixels: torch.Tensor) -> list[np.ndarray]:
-    """[-1,1] pixels [B,3,H,W] -> uint8 HxWx3 arrays (what the shapes detector reads)."""
-    rgb = ((pixels.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
-    return list(rgb.numpy())
-
-
 def shape_scores(specs: list, images: list) -> dict:
     from vgt.eval.shapes import score_images, summarize
 
@@ -225,6 +219,7 @@ def run_ae(args: argparse.Namespace, marks: list[float]) -> list[dict]:
 
 def reconstruction_scores(ae, specs: list, pixels: torch.Tensor) -> dict:
     """Mean PSNR (data range 1) and shapes scores of the AE's reconstructions of `pixels`."""
+    from vgt.data.images import to_uint8
     from vgt.eval.image_metrics import psnr
     from vgt.eval.recon import metric_images
 
@@ -233,7 +228,7 @@ def reconstruction_scores(ae, specs: list, pixels: torch.Tensor) -> dict:
         recon = torch.cat([ae(pixels[i:i + CHUNK]) for i in range(0, len(pixels), CHUNK)])
     ae.train()
     real01, recon01 = metric_images(pixels, recon, "standard")
-    return {"psnr": round(psnr(real01, recon01).mean().item(), 2), **shape_scores(specs, to_rgb(recon))}
+    return {"psnr": round(psnr(real01, recon01).mean().item(), 2), **shape_scores(specs, list(to_uint8(recon)))}
 
 
 # -- ar ----------------------------------------------------------------------------------------------

@@ -9,6 +9,7 @@ import importlib
 _EXPORTS = {
     "PreparedDataset": "reader", "Part": "reader", "LatentMismatchError": "reader", "read_latents": "reader",
     "load_manifest": "reader", "decode_image": "images", "center_crop": "images", "to_pixels": "images",
+    "to_uint8": "images",
     "PART_SCHEMA": "layout", "LATENT_FIELDS": "layout", "REJECT_SCHEMA": "layout",
 }
 __all__ = list(_EXPORTS)

@@ -26,6 +26,13 @@ def center_crop(img: Image.Image, size: int) -> Image.Image:
     return img.crop((left, top, left + size, top + size))
 
 
+def to_uint8(pixels: torch.Tensor) -> np.ndarray:
+    """[B, 3, H, W] in [-1, 1] -> uint8 [B, H, W, 3] (clamped, rounded): the inverse of `to_pixels`."""
+    import torch
+
+    return ((pixels.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
 def to_pixels(images: list[Image.Image]) -> torch.Tensor:
     """Same-size RGB images -> float32 [B, 3, H, W] in [-1, 1] (x / 127.5 - 1)."""
     import torch  # here, so prep workers that only clean rows never import torch
