@@ -1,4 +1,4 @@
-"""Run the registered benchmarks (vgt/benchmarks, pipelines/benchmarks) and print one table.
+"""Run the registered benchmarks (pipelines/bench) and print one table.
 
 Each benchmark measures its alternatives side by side in one run and reports ratios.
 """
@@ -18,7 +18,7 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from ray_jobs._entry import UserError
-    from vgt.benchmarks import discover, format_table, run_all
+    from pipelines.bench import discover, format_table, run_all
 
     if args.list:
         for name, module in discover().items():

@@ -32,7 +32,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines.demo import DemoOptions, run_demo
+    from pipelines.demo.run import DemoOptions, run_demo
     from ray_jobs._entry import UserError
 
     if min(args.budget_minutes, args.n, args.train_images, args.heldout_images, args.workers) <= 0:

@@ -89,16 +89,16 @@ def run(args: argparse.Namespace) -> int:
 def _dispatch(args) -> dict:
     ray_options = dict(batch_size=args.batch_size, concurrency=args.concurrency, num_gpus=args.num_gpus)
     if args.what == "recon":
-        from pipelines.evaluate import recon_eval
+        from pipelines.eval.actors import recon_eval
 
         return recon_eval(args.ae, args.data, args.convention, fd=not args.no_fd, **ray_options)
     if args.what == "shapes":
-        from pipelines.eval_shapes import shapes_eval
+        from pipelines.eval.shapes import shapes_eval
 
         summary = shapes_eval(args.model, args.n, args.seed, sample_options(args), args.out, args.parallel,
                               args.batch_size)
         return {k: v for k, v in summary.items() if k != "per_prompt"}
-    from pipelines.eval_benchmarks import dpg_images, geneval_images
+    from pipelines.eval.benchmarks import dpg_images, geneval_images
 
     if args.what == "geneval-images":
         count = geneval_images(args.model, args.prompts, args.out, args.n, args.seed, sample_options(args),

@@ -16,7 +16,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def preset_rows(names: list[str]) -> list[dict]:
-    from vgt.backbones.counting import count_parameters, estimate_train_memory
+    from vgt.footprint import count_parameters, estimate_train_memory
     from vgt.presets import get_preset
 
     rows = []
@@ -35,7 +35,7 @@ def preset_rows(names: list[str]) -> list[dict]:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from vgt.benchmarks import format_table
+    from pipelines.bench import format_table
     from vgt.presets import list_presets
 
     rows = preset_rows(args.preset or list_presets())

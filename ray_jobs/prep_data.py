@@ -31,8 +31,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from pipelines.prep import run_prep
-    from pipelines.prep_plan import InputError
+    from pipelines.prep.dataset import run_prep
+    from vgt.data.plan import InputError
     from ray_jobs._entry import UserError
     from vgt.presets import get_preset
 

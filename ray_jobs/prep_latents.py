@@ -33,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import os
 
-    from pipelines.latents import run_prep_latents
+    from pipelines.prep.add_latents import run_prep_latents
     from ray_jobs._entry import UserError
 
     for flag in ("batch_size", "concurrency"):

@@ -33,7 +33,7 @@ def run(args: argparse.Namespace) -> int:
     import ray
     from ray import serve
 
-    from pipelines.serve_config import (APP_NAME, DEFAULT_CONFIG, DeployError, deploy, load_config,
+    from pipelines.serve.config import (APP_NAME, DEFAULT_CONFIG, DeployError, deploy, load_config,
                                         placement_overrides, with_overrides)
     from ray_jobs._entry import UserError
     from vgt.pipeline import read_index

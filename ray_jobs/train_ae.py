@@ -16,7 +16,7 @@ STAGES = {"stage1": "ae_stage1", "stage2": "ae_stage2"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pipelines.train_args import add_common_arguments
+    from ray_jobs._train_flags import add_common_arguments
 
     add_common_arguments(parser, tuple(STAGES))
     parser.add_argument("--data", required=True, nargs="+", metavar="URI[=WEIGHT]",
@@ -25,8 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines.train import launch
-    from pipelines.train_ckpt import TrainInputError
+    from pipelines.train.launch import launch
+    from vgt.train.checkpoint import TrainInputError
     from ray_jobs._entry import UserError
     from vgt.artifacts import read_component_config
 
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     if args.stage == "stage2" and args.init is None:
         raise UserError("--stage stage2 starts from --init AE_DIR (stage 1's export)")
     try:
-        launch(args, "pipelines.train_ae:AEStage", STAGES[args.stage])
+        launch(args, "ae", STAGES[args.stage])
     except TrainInputError as e:
         raise UserError(str(e)) from e
     return 0

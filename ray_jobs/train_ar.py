@@ -17,7 +17,7 @@ STAGES = {"pretrain": "ar_pretrain", "sft": "ar_sft"}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from pipelines.train_args import add_common_arguments
+    from ray_jobs._train_flags import add_common_arguments
 
     add_common_arguments(parser, tuple(STAGES))
     parser.add_argument("--data", required=True, nargs="+", metavar="URI[=WEIGHT]",
@@ -29,8 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines.train import launch
-    from pipelines.train_ckpt import TrainInputError
+    from pipelines.train.launch import launch
+    from vgt.train.checkpoint import TrainInputError
     from ray_jobs._entry import UserError
     from vgt.artifacts import read_component_config
     from vgt.pipeline import read_index
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     if args.stage == "sft" and args.init is None:
         raise UserError("--stage sft starts from --init PIPELINE_DIR (pretrain's export)")
     try:
-        launch(args, "pipelines.train_ar:ARStage", STAGES[args.stage], ae=args.ae, default_strategy_gpu="fsdp2")
+        launch(args, "ar", STAGES[args.stage], ae=args.ae, default_strategy_gpu="fsdp2")
     except TrainInputError as e:
         raise UserError(str(e)) from e
     return 0

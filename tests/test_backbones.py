@@ -10,7 +10,7 @@ from PIL import Image
 
 from vgt.backbones import (TINY_INTERNVL, TINY_QWEN, encoder_from_vlm, language_model_from_vlm,
                            load_language_model, load_tokenizer, load_vision_encoder, random_vlm, token_id)
-from vgt.backbones.counting import count_vlm_parameters
+from vgt.footprint import count_vlm_parameters
 from vgt.backbones.language import truncate_layers
 from vgt.backbones.real_configs import DC_AE_F32C32_SANA, INTERNVL3_1B, INTERNVL3_2B, QWEN25VL_3B
 from vgt.backbones.tokenizer import TINY_SPECIALS, _tiny_bpe_json

@@ -1,4 +1,4 @@
-"""`python -m vgt.benchmarks.calibrate`: both stages on the `tiny` preset for a couple of CPU-seconds, in-process."""
+"""`python -m pipelines.bench.calibrate`: both stages on the `tiny` preset for a couple of CPU-seconds, in-process."""
 from __future__ import annotations
 
 import json
@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from vgt.benchmarks import calibrate
+from pipelines.bench import calibrate
 from vgt.presets import get_preset
 
 TINY = ["--preset", "tiny", "--minutes", "0.03", "--marks", "0.01,0.03", "--train-images", "64"]

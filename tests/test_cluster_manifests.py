@@ -308,7 +308,7 @@ def test_serve_config_is_valid_with_three_independently_scaled_deployments():
 
     config = ServeDeploySchema.model_validate(serve_config())
     (app,) = config.applications
-    assert app.import_path == "pipelines.serve:build_app"
+    assert app.import_path == "pipelines.serve.app:build_app"
     # Code comes from the image or the job's working dir: never installs at deploy time.
     assert set(app.runtime_env) <= {"working_dir", "excludes"}
     assert [d.name for d in app.deployments] == ["ARSampler", "AEDecoder", "Ingress"]

@@ -111,7 +111,7 @@ def test_full_default_demo(tmp_path):
 def test_training_progress_prints_only_step_records(tmp_path, capsys, monkeypatch):
     import time
 
-    import pipelines.demo as demo
+    import pipelines.demo.run as demo
 
     monkeypatch.setattr(demo, "PROGRESS_EVERY_S", 0.1)
     metrics = tmp_path / "metrics.jsonl"

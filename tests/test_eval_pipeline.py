@@ -29,7 +29,7 @@ def tiny_pipeline(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def heldout_prepared(tmp_path_factory, ray_cluster):
-    from pipelines.prep import run_prep
+    from pipelines.prep.dataset import run_prep
     from vgt.eval.shapes.dataset import write_shard
     from vgt.presets import get_preset
 
@@ -41,7 +41,7 @@ def heldout_prepared(tmp_path_factory, ray_cluster):
 
 
 def test_recon_eval_equals_the_ray_free_metrics(tiny_pipeline, heldout_prepared):
-    from pipelines.evaluate import recon_eval
+    from pipelines.eval.actors import recon_eval
     from vgt.ae import VGTAutoencoder
     from vgt.data.reader import PreparedDataset
     from vgt.eval.recon import evaluate_batch
@@ -59,7 +59,7 @@ def test_recon_eval_equals_the_ray_free_metrics(tiny_pipeline, heldout_prepared)
 
 
 def test_generation_is_deterministic_and_batch_independent(tiny_pipeline, ray_cluster):
-    from pipelines.evaluate import generate
+    from pipelines.eval.actors import generate
 
     prompts = ["a red circle on the left", "two blue squares at the top"]
     sample = {"num_steps": 2, "guidance_scale": 2.0}
@@ -73,7 +73,7 @@ def test_generation_is_deterministic_and_batch_independent(tiny_pipeline, ray_cl
 
 
 def test_geneval_and_dpg_folders_from_a_pipeline(tiny_pipeline, ray_cluster, tmp_path):
-    from pipelines.eval_benchmarks import dpg_images, geneval_images
+    from pipelines.eval.benchmarks import dpg_images, geneval_images
 
     meta = tmp_path / "evaluation_metadata.jsonl"
     records = [{"tag": "colors", "include": [{"class": "circle", "count": 1, "color": "red"}], "prompt": "a red circle"},
@@ -94,7 +94,7 @@ def test_geneval_and_dpg_folders_from_a_pipeline(tiny_pipeline, ray_cluster, tmp
 
 
 def test_shapes_benchmark_on_a_pipeline_folder(tiny_pipeline, ray_cluster, tmp_path):
-    from pipelines.eval_shapes import shapes_eval
+    from pipelines.eval.shapes import shapes_eval
 
     summary = shapes_eval(tiny_pipeline, n=1, seed=0, sample={"num_steps": 2}, out=str(tmp_path / "s"))
     assert summary["n_images"] == len(eval_prompts()) == 48

@@ -1,7 +1,7 @@
 import json
 
 from ray_jobs.cli import main as cli
-from vgt.backbones.counting import count_parameters
+from vgt.footprint import count_parameters
 from vgt.presets import get_preset
 
 

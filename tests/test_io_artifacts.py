@@ -7,7 +7,7 @@ import torch
 
 from vgt import io as vio
 from vgt.artifacts import ArtifactError, fingerprint, load_component, save_component
-from vgt.benchmarks import format_table
+from pipelines.bench import format_table
 from vgt.provenance import collect_provenance
 
 

@@ -11,7 +11,7 @@ from PIL import Image
 from prep_samples import (good_wds_samples, image_bytes, png_header_only, write_index, write_parquet,
                           write_wds)
 
-from pipelines.prep import run_prep
+from pipelines.prep.dataset import run_prep
 from vgt import io as vio
 from vgt.artifacts import ArtifactError
 from vgt.data import PreparedDataset

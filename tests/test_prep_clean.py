@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 from prep_samples import image_bytes, png_header_only, write_index, write_parquet, write_wds
 
-from pipelines.prep_plan import default_tag, parse_input, plan_parts
+from vgt.data.plan import default_tag, parse_input, plan_parts
 from vgt.config import DataConfig
 from vgt.data.clean import Reject, clean_caption, clean_sample, shorter_side_size
 from vgt.data.latents import latents_from_columns, latents_to_columns

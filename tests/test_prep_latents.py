@@ -9,8 +9,8 @@ import torch
 from PIL import Image
 from prep_samples import image_bytes, write_parquet, write_wds
 
-from pipelines.latents import run_prep_latents
-from pipelines.prep import run_prep
+from pipelines.prep.add_latents import run_prep_latents
+from pipelines.prep.dataset import run_prep
 from ray_jobs.cli import main
 from vgt.ae import VGTAutoencoder
 from vgt.artifacts import ArtifactError

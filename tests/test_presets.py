@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from vgt.backbones.counting import count_parameters, count_vlm_parameters, estimate_train_memory
+from vgt.footprint import count_parameters, count_vlm_parameters, estimate_train_memory
 from vgt.config import ConfigError, VGTConfig, from_dict, to_dict
 from vgt.presets import get_preset, list_presets
 

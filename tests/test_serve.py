@@ -53,7 +53,7 @@ def write_tiny_pipeline(folder) -> None:
 def service(ray_cluster, tmp_path_factory):
     from ray import serve
 
-    from pipelines.serve_config import (deploy, free_port, load_config, placement_overrides, serve_running,
+    from pipelines.serve.config import (deploy, free_port, load_config, placement_overrides, serve_running,
                                         with_overrides)
 
     folder = tmp_path_factory.mktemp("pipe") / "tiny"
@@ -305,7 +305,7 @@ def test_sampler_scales_back_and_the_service_recovers(service):
 
 
 def test_backpressure_returns_503_quickly(service):
-    from pipelines.serve_config import deploy, with_overrides
+    from pipelines.serve.config import deploy, with_overrides
 
     tight = with_overrides(service["config"], deployments={"ARSampler": {
         "max_ongoing_requests": 1, "max_queued_requests": 1,
@@ -322,7 +322,7 @@ def test_backpressure_returns_503_quickly(service):
 
 
 def test_auth_off_without_the_key(service):
-    from pipelines.serve_config import deploy, with_overrides
+    from pipelines.serve.config import deploy, with_overrides
 
     open_config = with_overrides(service["config"], deployments={"Ingress": {
         "ray_actor_options": {"num_cpus": 0.1, "runtime_env": {"env_vars": FAST_METRICS}}}})

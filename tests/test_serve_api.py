@@ -6,9 +6,9 @@ import json
 import numpy as np
 import pytest
 
-from pipelines.serve_api import ApiError, ImageRequest, Limits, ModelInfo, SampleJob, parse_body, to_job
-from pipelines.serve_config import app_of, load_config, url_of, with_overrides
-from pipelines.serve_workers import group_jobs, split
+from pipelines.serve.api import ApiError, ImageRequest, Limits, ModelInfo, SampleJob, parse_body, to_job
+from pipelines.serve.config import app_of, load_config, url_of, with_overrides
+from pipelines.serve.workers import group_jobs, split
 
 INFO = ModelInfo(id="tiny", native_size=(112, 112), stride=28, max_grid=64, guidance_scale=4.5, num_steps=30,
                  parallel_tokens=16, min_num_steps=2)
@@ -96,7 +96,7 @@ def test_schema_is_strict_about_types():
 def test_config_overrides_touch_only_what_they_name():
     base = load_config()
     assert [d["name"] for d in app_of(base)["deployments"]] == ["ARSampler", "AEDecoder", "Ingress"]
-    assert app_of(base)["import_path"] == "pipelines.serve:build_app"
+    assert app_of(base)["import_path"] == "pipelines.serve.app:build_app"
     cfg = with_overrides(base, model="/m/tiny", host="127.0.0.1", port=8123,
                          deployments={"ARSampler": {"max_queued_requests": 2}})
     sampler = next(d for d in app_of(cfg)["deployments"] if d["name"] == "ARSampler")
@@ -106,7 +106,7 @@ def test_config_overrides_touch_only_what_they_name():
 
 
 def test_app_builder_checks_its_args():
-    from pipelines.serve import build_app
+    from pipelines.serve.app import build_app
 
     with pytest.raises(ValueError, match="needs args.model"):
         build_app({})

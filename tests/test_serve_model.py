@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipelines.serve_api import Cancelled, Limits, parse_body, to_job
-from pipelines.serve_model import DecoderModel, SamplerModel, encode_image
+from pipelines.serve.api import Cancelled, Limits, parse_body, to_job
+from pipelines.serve.model import DecoderModel, SamplerModel, encode_image
 
 PROMPT = "a red cube on a table"
 

@@ -19,12 +19,12 @@ import torch
 from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
-from pipelines.train_ckpt import Trainables
-from pipelines.train_data import MixedFeed, epoch_order
-from pipelines.train_dist import WorkerEnv, accumulate, clip_and_step, distribute, split, unwrap
-from pipelines.train_loop import LoopSpec, run_loop
-from pipelines.train_optim import adamw, param_groups, scheduler, warmup_cosine
-from vgt.ema import EMA
+from vgt.train.checkpoint import Trainables
+from vgt.train.data import MixedFeed, epoch_order
+from vgt.train.distributed import WorkerEnv, accumulate, clip_and_step, distribute, split, unwrap
+from vgt.train.loop import LoopSpec, run_loop
+from vgt.train.optim import adamw, param_groups, scheduler, warmup_cosine
+from vgt.train.ema import EMA
 from vgt import io as vio
 from vgt.config import to_dict
 from vgt.data.layout import FORMAT_VERSION, KIND, part_uri, write_manifest
@@ -229,7 +229,7 @@ def test_single_process_loop_learns_and_exports(tmp_path):
 def fit_toy(spec: LoopSpec, workers: int = 2) -> None:
     import ray.cloudpickle
 
-    from pipelines.train import fit
+    from pipelines.train.launch import fit
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
     fit(spec, workers)
@@ -252,8 +252,8 @@ def test_exact_resume_mid_epoch_then_fault_tolerance(toy_data, toy_full, tmp_pat
     """Stop at step 5 (mid-epoch), rerun to 12: it restarts at 5. In that rerun rank 1 dies after
     step 10 (max_failures=1): the group restarts from the step-8 checkpoint, not from 0. Losses of
     steps 6..12 and the final weights are bitwise those of the uninterrupted run."""
-    from pipelines.train import fit
-    from pipelines.train_ckpt import TrainInputError
+    from pipelines.train.launch import fit
+    from vgt.train.checkpoint import TrainInputError
 
     # 64 rows / (2 ranks x 4) = 8 steps per epoch: 5 is mid-epoch, 12 is in epoch 2.
     part = toy_spec([toy_data], str(tmp_path / "part"), steps=12, stop_at=5)

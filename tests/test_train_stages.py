@@ -19,8 +19,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pipelines.train_dist import WorkerEnv
-from pipelines.train_loop import LoopSpec, run_loop
+from vgt.train.distributed import WorkerEnv
+from vgt.train.loop import LoopSpec, run_loop
 from vgt import io as vio
 from vgt.config import to_dict
 from vgt.presets import get_preset
@@ -47,7 +47,7 @@ def gradient_images(n: int, seed: int = 0, size=(140, 112)) -> list[tuple[bytes,
 
 @pytest.fixture(scope="module")
 def prepared(ray_cluster, tmp_path_factory) -> str:
-    from pipelines.prep import run_prep
+    from pipelines.prep.dataset import run_prep
 
     root = tmp_path_factory.mktemp("stages")
     images, captions = zip(*gradient_images(8))
@@ -114,8 +114,8 @@ def test_ae_cli_run_exports_a_loadable_ae_and_all_reduces_lecam(ae_run):
 
 
 def test_ae_optimiser_groups_follow_the_spec(prepared, tmp_path):
-    from pipelines.train_ae import AEStage
-    from pipelines.train_optim import NO_DECAY_KEYWORDS
+    from vgt.train.ae_stage import AEStage
+    from vgt.train.optim import NO_DECAY_KEYWORDS
 
     cfg = get_preset("tiny")
     stage = AEStage(LoopSpec(stage="", stage_key="ae_stage1", config=to_dict(cfg), data=[], out=str(tmp_path),
@@ -150,7 +150,7 @@ def test_ae_learns_then_stage2_continues_from_its_export(prepared, tmp_path):
     overrides = {"train.ae_stage1.disc_start": 1000, "train.ae_stage1.warmup_steps": 3, "train.ae_stage1.lr": 4e-3,
                  "train.ae_stage1.end_lr": 4e-4, "train.ae_stage1.batch_size": 4, "train.sample_every": 0}
     cfg = get_preset("tiny", overrides)
-    spec = LoopSpec(stage="pipelines.train_ae:AEStage", stage_key="ae_stage1", config=to_dict(cfg),
+    spec = LoopSpec(stage="ae", stage_key="ae_stage1", config=to_dict(cfg),
                     data=[prepared], out=str(tmp_path / "s1"), steps=12)
     ds = PreparedDataset(prepared)
     x01 = (center_crop_pixels(ds.read_part(ds.parts[0], ["image"]).column("image").to_pylist(), RES) + 1) / 2
@@ -162,7 +162,7 @@ def test_ae_learns_then_stage2_continues_from_its_export(prepared, tmp_path):
         mse = [torch.nn.functional.mse_loss((m(x01 * 2 - 1) + 1) / 2, x01).item() for m in (before, after)]
     assert mse[1] < 0.5 * mse[0], mse
 
-    stage2 = LoopSpec(stage="pipelines.train_ae:AEStage", stage_key="ae_stage2", config=to_dict(cfg),
+    stage2 = LoopSpec(stage="ae", stage_key="ae_stage2", config=to_dict(cfg),
                       data=[prepared], out=str(tmp_path / "s2"), steps=1, init=os.path.join(spec.out, "export"))
     run_loop(stage2, WorkerEnv())
     ae2 = VGTAutoencoder.from_pretrained(os.path.join(stage2.out, "export"))
@@ -172,7 +172,7 @@ def test_ae_learns_then_stage2_continues_from_its_export(prepared, tmp_path):
 @pytest.fixture(scope="module")
 def with_latents(prepared, ae_run, tmp_path_factory) -> str:
     """The prepared dataset plus the `latent` column of ae_run's export (vgt prep-latents)."""
-    from pipelines.latents import run_prep_latents
+    from pipelines.prep.add_latents import run_prep_latents
 
     out = str(tmp_path_factory.mktemp("latents") / "prepared")
     run_prep_latents(prepared, os.path.join(ae_run, "export"), output=out)
@@ -182,12 +182,12 @@ def with_latents(prepared, ae_run, tmp_path_factory) -> str:
 def ar_spec(data: list[str], ae: str, out: str, steps: int, stage_key: str = "ar_pretrain", init=None,
             **overrides) -> LoopSpec:
     cfg = get_preset("tiny", {"train.sample_every": 0, **overrides})
-    return LoopSpec(stage="pipelines.train_ar:ARStage", stage_key=stage_key, config=to_dict(cfg), data=data,
+    return LoopSpec(stage="ar", stage_key=stage_key, config=to_dict(cfg), data=data,
                     out=out, steps=steps, ae=ae, init=init)
 
 
 def test_ar_groups_and_stored_latents_equal_on_the_fly_encoding(with_latents, ae_run, tmp_path):
-    from pipelines.train_ar import ARStage
+    from vgt.train.ar_stage import ARStage
     from vgt.data import PreparedDataset
 
     stage = ARStage(ar_spec([with_latents], os.path.join(ae_run, "export"), str(tmp_path), 1), WorkerEnv())

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from test_train import ToyStage, toy_data, toy_spec  # noqa: F401  (toy_data is a fixture)
 
-from pipelines.train_dist import WorkerEnv
-from pipelines.train_loop import run_loop
+from vgt.train.distributed import WorkerEnv
+from vgt.train.loop import run_loop
 from vgt import io as vio
 
 

@@ -1,6 +1,6 @@
 """Benchmark harness behind `vgt bench`.
 
-A benchmark is a module in `vgt/benchmarks/` or `pipelines/benchmarks/` that defines
+A benchmark is a module in `pipelines/bench/` that defines
 `NAME: str` and `run(quick: bool) -> list[dict]`. Each row is one measured case; benchmarks
 measure their alternatives side by side in the same process and report ratios themselves,
 because this machine's absolute timings drift. The harness only discovers, runs and tabulates.
@@ -12,7 +12,7 @@ import pkgutil
 import time
 from typing import Callable, Iterable
 
-PACKAGES = ("vgt.benchmarks", "pipelines.benchmarks")
+PACKAGES = ("pipelines.bench",)
 
 
 def discover(packages: Iterable[str] = PACKAGES) -> dict[str, object]:

@@ -1,8 +1,8 @@
 """Calibration: what the `demo` model learns per CPU-minute on synthetic shapes (plain PyTorch, no Ray).
 
-    python -m vgt.benchmarks.calibrate ae [--preset demo] [--minutes 6] [--marks 1,2,4,6] [--train-images 3000]
+    python -m pipelines.bench.calibrate ae [--preset demo] [--minutes 6] [--marks 1,2,4,6] [--train-images 3000]
                                           [--seed 0] --out AE_DIR [KEY=VALUE ...]
-    python -m vgt.benchmarks.calibrate ar --ae AE_DIR [the same flags] --out PIPELINE_DIR [KEY=VALUE ...]
+    python -m pipelines.bench.calibrate ar --ae AE_DIR [the same flags] --out PIPELINE_DIR [KEY=VALUE ...]
 
 Time is the process CPU time spent in training steps (`time.process_time()`) with one torch thread.
 On a shared machine wall time is meaningless (it depends on everything else running), while the
@@ -26,7 +26,7 @@ reconstructions: the ceiling an AR model on this AE can reach. `--out`: the AE (
 
 `ar`: encodes the training renders once with the `--ae` folder's AE (what `vgt prep-latents`
 stores: float16), then trains a `VGTModel` from the preset's `ar` config with `train.ar_pretrain`'s
-settings and its EMA (`vgt.ema`: a copy up to `ema_start`, then decay `ema_decay`). At each mark the
+settings and its EMA (`vgt.train.ema`: a copy up to `ema_start`, then decay `ema_decay`). At each mark the
 EMA weights sample the 48 held-out prompts x 1 image through `VGTPipeline` (the preset's `sample`
 guidance scale, CFG schedule, flow steps, parallel tokens and order; image i draws from
 `image_generator(--seed, i)`), which are decoded and scored. `--out`: the pipeline folder with the
@@ -96,7 +96,7 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--seed", type=int, default=0, help="data, initialisation and sampling seed (default 0)")
     common.add_argument("--out", required=True, help="folder for the trained AE (ae) or pipeline (ar)")
     common.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
-    parser = argparse.ArgumentParser(prog="python -m vgt.benchmarks.calibrate", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m pipelines.bench.calibrate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     stages = parser.add_subparsers(dest="stage", required=True)
     stages.add_parser("ae", parents=[common], help="train the autoencoder, score its reconstructions")
@@ -236,7 +236,7 @@ def run_ar(args: argparse.Namespace, marks: list[float]) -> list[dict]:
     from vgt.ae import VGTAutoencoder
     from vgt.ar.model import VGTModel
     from vgt.backbones import load_tokenizer
-    from vgt.ema import EMA
+    from vgt.train.ema import EMA
     from vgt.eval.shapes import caption, eval_prompts
     from vgt.pipeline import VGTPipeline
     from vgt.presets import get_preset

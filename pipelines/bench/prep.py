@@ -81,7 +81,7 @@ def _pil_loop(files: list[str], cfg) -> int:
 
 
 def _prep_rows(files: list[str], root: str, cfg, repeats: int) -> list[dict]:
-    from pipelines.prep import run_prep
+    from pipelines.prep.dataset import run_prep
 
     out = os.path.join(root, "prepared")
     run_prep([os.path.join(root, "raw")], out, cfg, overwrite=True)  # warm-up: Ray Data workers start
@@ -105,7 +105,7 @@ def _prep_rows(files: list[str], root: str, cfg, repeats: int) -> list[dict]:
 def _latent_rows(root: str, cfg) -> list[dict]:
     import torch
 
-    from pipelines.latents import run_prep_latents
+    from pipelines.prep.add_latents import run_prep_latents
     from vgt.ae import VGTAutoencoder
     from vgt.data import PreparedDataset
     from vgt.data.encode import center_crop_pixels, encode_pixels

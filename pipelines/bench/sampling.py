@@ -5,14 +5,14 @@ head 384 x 6, 8x8 latents), 1 and 8 images, parallel_tokens 1 / 4 / 16, feed mod
 (default) and "parity" (reference), CFG 4.5. `speedup` is wall(parallel_tokens=1, same mode and
 batch) / wall. Run with OMP_NUM_THREADS=1 on shared machines.
 
-GPU latency script (not part of `vgt bench`): `python -m vgt.benchmarks.sampling --gpu` times the
+GPU latency script (not part of `vgt bench`): `python -m pipelines.bench.sampling --gpu` times the
 real `internvl3-1b` architecture with random weights in bf16 at 448 px, parallel_tokens 1 and 16.
 """
 from __future__ import annotations
 
 import torch
 
-from vgt.benchmarks import timeit
+from pipelines.bench import timeit
 
 NAME = "sampling"
 MID = ["ar.backbone.hf_config.text_config.hidden_size=256", "ar.backbone.hf_config.text_config.intermediate_size=1024",
@@ -72,6 +72,6 @@ def gpu_latency(parallel=(1, 16), images: int = 1, num_steps: int = 30) -> list[
 if __name__ == "__main__":
     import sys
 
-    from vgt.benchmarks import format_table
+    from pipelines.bench import format_table
 
     print(format_table(gpu_latency() if "--gpu" in sys.argv else run(quick="--quick" in sys.argv)))

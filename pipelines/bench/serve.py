@@ -23,7 +23,7 @@ def run(quick: bool) -> list[dict]:
     import torch
     from ray import serve
 
-    from pipelines.serve_config import APP_NAME, serve_running
+    from pipelines.serve.config import APP_NAME, serve_running
     from vgt.pipeline import VGTPipeline
     from vgt.presets import get_preset
 
@@ -47,7 +47,7 @@ def run(quick: bool) -> list[dict]:
 
 
 def _rows(folder: str, requests: int) -> list[dict]:
-    from pipelines.serve_config import deploy, free_port, load_config, placement_overrides, with_overrides
+    from pipelines.serve.config import deploy, free_port, load_config, placement_overrides, with_overrides
 
     base = with_overrides(load_config(), model=folder, host="127.0.0.1", port=free_port(),
                           args={"model_name": "bench"}, deployments=placement_overrides("auto"))

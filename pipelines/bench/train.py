@@ -1,12 +1,12 @@
 """AR training step: TorchTrainer (1 worker) vs the same loop in a plain process, and precomputed
 latents vs on-the-fly AE encoding; tiny preset on CPU, side by side in one run.
 
-Both runners execute `pipelines.train_loop.run_loop` on the same prepared data with one torch
+Both runners execute `vgt.train.loop.run_loop` on the same prepared data with one torch
 thread (Ray gives a 1-CPU worker OMP_NUM_THREADS=1). Per-step time is the smallest wall-clock gap
 between consecutive steps of each run's metrics.jsonl (the first step left out): every step does
 the same work, so the minimum is the least disturbed by neighbours on a shared machine. Ray's
 start-up is excluded; its per-step costs (the process group, metric reports every 10 steps when a
-report falls in the gap) are included. With a GPU, `python -m pipelines.benchmarks.train
+report falls in the gap) are included. With a GPU, `python -m pipelines.bench.train
 --gpu` measures the real internvl3-1b AR step (random weights, bf16, FSDP2 on one GPU): tokens/s
 and MFU.
 """
@@ -64,8 +64,8 @@ def _datasets(root: str) -> tuple[str, str, str]:
     import torch
     from PIL import Image
 
-    from pipelines.latents import run_prep_latents
-    from pipelines.prep import run_prep
+    from pipelines.prep.add_latents import run_prep_latents
+    from pipelines.prep.dataset import run_prep
     from vgt.ae import VGTAutoencoder
     from vgt.presets import get_preset
 
@@ -90,15 +90,15 @@ def _datasets(root: str) -> tuple[str, str, str]:
 def _step_ms(runner: str, data: str, ae: str, out: str, steps: int) -> float:
     import torch
 
-    from pipelines.train import fit
-    from pipelines.train_dist import WorkerEnv
-    from pipelines.train_loop import LoopSpec, run_loop
+    from pipelines.train.launch import fit
+    from vgt.train.distributed import WorkerEnv
+    from vgt.train.loop import LoopSpec, run_loop
     from vgt.config import to_dict
     from vgt.presets import get_preset
 
     cfg = get_preset("tiny", {"train.ar_pretrain.batch_size": BATCH, "train.sample_every": 0, "train.log_every": 10,
                               "train.checkpoint_every": 10**6, "train.strategy": "ddp", "train.use_gpu": False})
-    spec = LoopSpec(stage="pipelines.train_ar:ARStage", stage_key="ar_pretrain", config=to_dict(cfg), data=[data],
+    spec = LoopSpec(stage="ar", stage_key="ar_pretrain", config=to_dict(cfg), data=[data],
                     out=out, steps=steps, ae=ae)
     if runner == "plain process":
         threads = torch.get_num_threads()
@@ -121,9 +121,9 @@ def gpu_rows(preset: str = "internvl3-1b", batch: int = 16, steps: int = 8, grid
     import torch
     import torch.distributed as dist
 
-    from pipelines.train_data import seeded
-    from pipelines.train_dist import WorkerEnv, accumulate, clip_and_step, distribute
-    from pipelines.train_optim import adamw, param_groups, scheduler
+    from vgt.train.data import seeded
+    from vgt.train.distributed import WorkerEnv, accumulate, clip_and_step, distribute
+    from vgt.train.optim import adamw, param_groups, scheduler
     from vgt.ar.model import VGTModel
     from vgt.presets import get_preset
 

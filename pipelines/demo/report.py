@@ -79,7 +79,7 @@ def ae_ceiling(ae_dir: str, heldout: str, report: str) -> dict:
 
 
 def write_report(metrics: dict, paths: dict, cfg) -> None:
-    from pipelines.evaluate import recon_eval
+    from pipelines.eval.actors import recon_eval
 
     report = paths["report"]
     metrics["ae_ceiling"] = ae_ceiling(paths["ae"], paths["heldout"], report)

@@ -167,7 +167,7 @@ def serve_model(model: str) -> str:
     """Deploy the Serve app (cluster/serve.yaml, CPU placement) on a free loopback port; its URL."""
     import socket
 
-    from pipelines.serve_config import DEFAULT_CONFIG, deploy, load_config, placement_overrides, with_overrides
+    from pipelines.serve.config import DEFAULT_CONFIG, deploy, load_config, placement_overrides, with_overrides
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -204,11 +204,11 @@ def run_demo(opts: DemoOptions) -> dict:
                                          paths["ae"])
         url = stages.run("serve", serve_model, paths["pipeline"])
         sample = {"guidance_scale": cfg.sample.guidance_scale}
-        from pipelines.eval_shapes import shapes_eval
+        from pipelines.eval.shapes import shapes_eval
 
         metrics["shapes"] = stages.run("generate", shapes_eval, url, opts.n, opts.seed, sample, paths["shapes"])
         _stop_serve()
-        from pipelines.demo_report import write_report
+        from pipelines.demo.report import write_report
 
         stages.run("report", write_report, metrics, paths, cfg)
     finally:

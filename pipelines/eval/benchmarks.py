@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from vgt.eval.formats import GRID, read_dpg_prompts, read_geneval_metadata, write_dpg_grid, write_geneval_prompt
 
-from .evaluate import generate, grouped
+from .actors import generate, grouped
 
 
 def geneval_images(model: str, metadata: str, out: str, n: int = 4, seed: int = 0, sample: dict | None = None,

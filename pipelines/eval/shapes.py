@@ -10,8 +10,8 @@ from PIL import Image
 from vgt import io as vio
 from vgt.eval.shapes import caption, eval_prompts, score_images, summarize
 
-from .eval_http import HttpStats, fetch_images
-from .evaluate import generate
+from .http import HttpStats, fetch_images
+from .actors import generate
 
 
 def is_url(model: str) -> bool:

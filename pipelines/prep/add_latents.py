@@ -26,7 +26,7 @@ from vgt.data.latents import latents_to_columns
 from vgt.data.reader import BASE_COLUMNS, PreparedDataset, load_manifest
 from vgt.provenance import collect_provenance
 
-from .prep import remove_dataset
+from .dataset import remove_dataset
 
 log = logging.getLogger(__name__)
 OUT_SCHEMA = pa.schema(list(layout.PART_SCHEMA) + layout.LATENT_FIELDS)

@@ -1,6 +1,6 @@
 """`vgt prep` as a Ray Data program: raw image-text files -> a prepared dataset.
 
-Each input file becomes one output part, built by one Ray Data task (`pipelines.prep_part`), so
+Each input file becomes one output part, built by one Ray Data task (`vgt.data.part`), so
 parts map deterministically to inputs, are written atomically, and a rerun redoes only the parts
 whose manifest entry is not complete (or whose files are gone). The driver streams the finished
 parts' stats back, keeps `manifest.json` current, and prints a summary table at the end.
@@ -19,8 +19,8 @@ from vgt.data.reader import load_manifest
 from vgt.data.summary import by_source, format_summary, totals
 from vgt.provenance import collect_provenance
 
-from .prep_part import build_part_row
-from .prep_plan import plan_parts
+from vgt.data.part import build_part_row
+from vgt.data.plan import plan_parts
 
 log = logging.getLogger(__name__)
 MANIFEST_EVERY_S = 5.0  # rewrite manifest.json at most this often while parts finish (and at the end)

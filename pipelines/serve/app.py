@@ -1,16 +1,16 @@
 """Ray Serve image service: `ARSampler` -> `AEDecoder` behind an OpenAI-compatible `Ingress`.
 
 `build_app` is the application builder named in cluster/serve.yaml
-(`import_path: pipelines.serve:build_app`); its `args` are documented there and below. The
+(`import_path: pipelines.serve.app:build_app`); its `args` are documented there and below. The
 deployments live in serve_workers.py (model replicas) and serve_ingress.py (HTTP), the request
 contract in serve_api.py, metrics in serve_metrics.py, model loading in serve_model.py and the
 deploy helpers (used by `vgt serve`, tests, benchmark) in serve_config.py.
 """
 from __future__ import annotations
 
-from .serve_api import Limits
-from .serve_ingress import Ingress
-from .serve_workers import AEDecoder, ARSampler
+from .api import Limits
+from .ingress import Ingress
+from .workers import AEDecoder, ARSampler
 
 ARGS = {
     "model": "pipeline folder, local path or s3:// (required)",

@@ -21,8 +21,8 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
 
-from .serve_api import ApiError, Limits, ModelInfo, parse_body, to_job
-from .serve_metrics import metrics
+from .api import ApiError, Limits, ModelInfo, parse_body, to_job
+from .metrics import metrics
 
 log = logging.getLogger("ray.serve")
 HEALTH_TIMEOUT_S = 2.0  # /healthz answers 503 "loading" when a model deployment takes longer

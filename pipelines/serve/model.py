@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from .serve_api import Cancelled, ModelInfo, SampleJob
+from .api import Cancelled, ModelInfo, SampleJob
 
 log = logging.getLogger("ray.serve")
 STRIDE = 28  # pixels per latent token side: every backbone's vision tower (patch 14 x merge 2)

@@ -16,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from ray import serve
 
-from .serve_api import Cancelled, SampleJob
-from .serve_metrics import metrics
+from .api import Cancelled, SampleJob
+from .metrics import metrics
 
 log = logging.getLogger("ray.serve")
 
@@ -88,7 +88,7 @@ class ARSampler(BatchingReplica):
     STAGE = "sampler"
 
     def __init__(self, model: str, model_name: str):
-        from .serve_model import SamplerModel
+        from .model import SamplerModel
 
         super().__init__()
         self.model = SamplerModel(model, model_name)
@@ -128,7 +128,7 @@ class AEDecoder(BatchingReplica):
     STAGE = "decoder"
 
     def __init__(self, model: str):
-        from .serve_model import DecoderModel
+        from .model import DecoderModel
 
         super().__init__()
         self.model = DecoderModel(model)
@@ -149,7 +149,7 @@ class AEDecoder(BatchingReplica):
         """Jobs with equal latent grids share one decoder call; images are encoded per job."""
         import numpy as np
 
-        from .serve_model import encode_image
+        from .model import encode_image
 
         out: dict[int, list[bytes]] = {}
         for group in _groups(jobs, lambda j: j.latents.shape[1:]):

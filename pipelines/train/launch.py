@@ -15,8 +15,9 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from pipelines.train_ckpt import STATE_FILE, TrainInputError, check_compatible
-from pipelines.train_loop import RUN_NAME, LoopSpec, ray_worker_main, stage_name
+from vgt.train.checkpoint import STATE_FILE, TrainInputError, check_compatible
+from pipelines.train.worker import ray_worker_main
+from vgt.train.loop import RUN_NAME, LoopSpec, stage_name
 from vgt import io as vio
 from vgt.provenance import collect_provenance
 

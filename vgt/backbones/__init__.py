@@ -2,16 +2,15 @@
 
 Families: "internvl" (transformers' native InternVLForConditionalGeneration) and "qwen2_5_vl"
 (Qwen2_5_VLForConditionalGeneration). See `vision`, `language`, `tokenizer`; architecture numbers in
-`tiny_configs` / `real_configs`; meta-device parameter counts and memory estimates in `counting`.
+`tiny_configs` / `real_configs`. Adapters know transformers only, nothing of VGT (parameter counts
+and memory estimates of whole presets live in `vgt.footprint`).
 """
-from vgt.backbones.counting import count_parameters, count_vlm_parameters, estimate_train_memory
 from vgt.backbones.families import FAMILIES, build_hf_config, random_vlm, resolve_attn_implementation
 from vgt.backbones.language import LanguageModel, language_model_from_vlm, load_language_model
 from vgt.backbones.tiny_configs import TINY_INTERNVL, TINY_QWEN
 from vgt.backbones.tokenizer import load_tokenizer, token_id
 from vgt.backbones.vision import encoder_from_vlm, load_vision_encoder
 
-__all__ = ["FAMILIES", "LanguageModel", "TINY_INTERNVL", "TINY_QWEN", "build_hf_config", "count_parameters",
-           "count_vlm_parameters", "encoder_from_vlm", "estimate_train_memory",
+__all__ = ["FAMILIES", "LanguageModel", "TINY_INTERNVL", "TINY_QWEN", "build_hf_config", "encoder_from_vlm",
            "language_model_from_vlm", "load_language_model", "load_tokenizer", "load_vision_encoder", "random_vlm",
            "resolve_attn_implementation", "token_id"]

@@ -73,7 +73,7 @@ def build_part(spec: dict, cfg: DataConfig, output: str) -> dict:
 
 def build_part_row(spec: dict, data_cfg: dict, output: str) -> dict:
     """The Ray Data `map` function: a part spec row -> {"stats": JSON}. It lives here, not in
-    pipelines.prep, so Ray workers import only this module's light dependencies (no torch)."""
+    pipelines.prep.dataset, so Ray workers import only this module's light dependencies (no torch)."""
     # Stats travel as one JSON string: per-part reason dicts differ in keys, which Arrow's
     # struct inference would otherwise have to unify across blocks.
     return {"stats": json.dumps(build_part(spec, from_dict(DataConfig, data_cfg), output))}

@@ -1,4 +1,4 @@
-"""Reconstruction evaluation of an autoencoder, one batch at a time (Ray-free; `pipelines.evaluate`
+"""Reconstruction evaluation of an autoencoder, one batch at a time (Ray-free; `pipelines.eval.actors`
 maps it over a dataset), in two conventions (spec §4.3, §7 item 16):
 
 | step                     | "standard"                          | "reference" (hustvl/VGT evaluator)          |

@@ -1,4 +1,4 @@
-"""The VGT-AE training stage (spec §1.4-1.6) on the shared loop (pipelines/train_loop.py).
+"""The VGT-AE training stage (spec §1.4-1.6) on the shared loop (vgt/train/loop.py).
 
 Per step: random crop + flip of the un-cropped prepared images; generator pass (student AE + frozen
 teacher) -> reconstruction + distillation (+ perceptual, + GAN from `disc_start`) -> backward ->
@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import torch
 
-from pipelines.train_ckpt import Trainables
-from pipelines.train_dist import WorkerEnv, accumulate, clip_and_step, distribute
-from pipelines.train_images import augmented_pixels, device_generator, image_grid
-from pipelines.train_loop import LoopSpec
-from pipelines.train_optim import NO_DECAY_KEYWORDS, adamw, param_groups, scheduler
+from vgt.train.checkpoint import Trainables
+from vgt.train.distributed import WorkerEnv, accumulate, clip_and_step, distribute
+from vgt.train.images import augmented_pixels, device_generator, image_grid
+from vgt.train.loop import LoopSpec
+from vgt.train.stage import register
+from vgt.train.optim import NO_DECAY_KEYWORDS, adamw, param_groups, scheduler
 from vgt.ae.discriminator import LeCamEMA, NLayerDiscriminator
 from vgt.ae.losses import discriminator_loss, gan_active, generator_loss
 from vgt.ae.model import KIND, VGTAutoencoder
@@ -30,6 +31,7 @@ from vgt.data.encode import center_crop_pixels
 PREVIEW_IMAGES = 4
 
 
+@register("ae")
 class AEStage:
     columns = ["image"]
     export_modules = ["ae"]

@@ -1,4 +1,4 @@
-"""The VGT-AR training stage (spec §2-3) on the shared loop (pipelines/train_loop.py).
+"""The VGT-AR training stage (spec §2-3) on the shared loop (vgt/train/loop.py).
 
 The finished autoencoder (`--ae`: ours or converted) is frozen. A source whose `latent` column was
 made by exactly this AE (fingerprint in its manifest) is read as latents; any other source is
@@ -15,12 +15,13 @@ import logging
 import pyarrow as pa
 import torch
 
-from pipelines.train_ckpt import Trainables
-from pipelines.train_dist import WorkerEnv, accumulate, clip_and_step, distribute, gathered, split
-from pipelines.train_images import image_grid
-from pipelines.train_loop import LoopSpec
-from pipelines.train_optim import adamw, param_groups, scheduler
-from vgt.ema import EMA
+from vgt.train.checkpoint import Trainables
+from vgt.train.distributed import WorkerEnv, accumulate, clip_and_step, distribute, gathered, split
+from vgt.train.images import image_grid
+from vgt.train.loop import LoopSpec
+from vgt.train.stage import register
+from vgt.train.optim import adamw, param_groups, scheduler
+from vgt.train.ema import EMA
 from vgt import io as vio
 from vgt.ae.model import VGTAutoencoder
 from vgt.ar.model import KIND, VGTModel
@@ -36,6 +37,7 @@ log = logging.getLogger(__name__)
 PREVIEW_IMAGES = 4
 
 
+@register("ar")
 class ARStage:
     export_modules = ["model"]
 

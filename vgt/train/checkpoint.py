@@ -23,8 +23,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from torch import nn
 
-from pipelines.train_dist import WorkerEnv, unwrap
-from vgt.ema import EMA
+from vgt.train.distributed import WorkerEnv, unwrap
+from vgt.train.ema import EMA
 
 STATE_FILE = "state.json"
 

@@ -25,6 +25,10 @@ class WorkerEnv:
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     strategy: str = "none"  # "ddp" | "fsdp2" | "none" (single process, no process group)
 
+    def __post_init__(self):
+        if self.strategy not in STRATEGIES:
+            raise ValueError(f"train.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+
     @property
     def is_main(self) -> bool:
         return self.rank == 0
@@ -46,16 +50,6 @@ class WorkerEnv:
     def barrier(self) -> None:
         if self.world > 1:
             dist.barrier()
-
-
-def ray_worker_env(strategy: str) -> WorkerEnv:
-    import ray.train
-    import ray.train.torch
-
-    if strategy not in STRATEGIES:
-        raise ValueError(f"train.strategy must be one of {STRATEGIES}, got {strategy!r}")
-    ctx = ray.train.get_context()
-    return WorkerEnv(ctx.get_world_rank(), ctx.get_world_size(), ray.train.torch.get_device(), strategy)
 
 
 def checkpoint_activations(block: nn.Module) -> None:

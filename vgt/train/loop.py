@@ -1,23 +1,12 @@
-"""The per-worker training loop shared by every stage (runs inside each Ray Train worker).
+"""The per-worker training loop shared by every stage (`vgt.train.stage.Stage`).
 
-A stage (AE, AR, or a test's toy model) is a class built on every worker as `Stage(spec, env)`.
-It exposes:
-  trainables         train_ckpt.Trainables (wrapped modules, optimisers, schedulers, EMAs)
-  columns            the prepared-dataset columns to read (a list, or a function of the dataset)
-  rows_per_step      rows per worker per optimiser step (batch x accumulation)
-  tokens_per_sample  for the tokens/s metric (or a "tokens" entry per step in step's metrics)
-  export_modules     names of the modules whose full weights `export` receives
-  step(rows, step, generator) -> {loss term: value}   one optimiser step (all ranks; the same
-                     keys on every rank: they are averaged over ranks in one all-reduce)
-  lr() -> float      the current base learning rate
-  export(folder, weights)  rank 0 writes the loadable folder
-  preview(step, rows) -> PIL image | None   optional; called on every rank
-The loop owns everything else: resume, data position, checkpoints, metrics, the fault-injection
-drill and the export.
+It runs the same way inside a Ray Train worker (`pipelines.train.worker` passes Ray's checkpoint
+and report function in) and in a plain process (no checkpoint, no report: benchmarks, calibration,
+in-process tests). The loop owns resume, data position, checkpoints, metrics, the fault-injection
+drill and the export; the stage owns its models and its step.
 """
 from __future__ import annotations
 
-import importlib
 import json
 import tempfile
 import time
@@ -25,9 +14,10 @@ from dataclasses import dataclass, field
 
 import torch
 
-from pipelines import train_ckpt
-from pipelines.train_data import MixedFeed, derive_seed, seeded
-from pipelines.train_dist import WorkerEnv
+from vgt.train import checkpoint as train_ckpt
+from vgt.train.data import MixedFeed, derive_seed, seeded
+from vgt.train.distributed import WorkerEnv
+from vgt.train.stage import stage_class, stage_label
 from vgt import io as vio
 
 RUN_NAME = "checkpoints"  # RunConfig(name=...): checkpoints live in OUT/checkpoints/step-N
@@ -37,7 +27,7 @@ RUN_NAME = "checkpoints"  # RunConfig(name=...): checkpoints live in OUT/checkpo
 class LoopSpec:
     """Everything a worker needs, JSON-able (sent to the workers as the train loop config)."""
 
-    stage: str | type  # "package.module:Class" (or the class itself, pickled by value: tests)
+    stage: str | type  # a registered stage name ("ae", "ar"; vgt.train.stage), or a class (tests)
     stage_key: str  # which stage config: "ae_stage1" | "ae_stage2" | "ar_pretrain" | "ar_sft" | ...
     config: dict  # the resolved VGTConfig (to_dict)
     data: list[str]
@@ -49,16 +39,11 @@ class LoopSpec:
 
 
 def build_stage(spec: LoopSpec, env: WorkerEnv):
-    cls = spec.stage
-    if isinstance(cls, str):
-        module, name = cls.split(":")
-        cls = getattr(importlib.import_module(module), name)
-    return cls(spec, env)
+    return stage_class(spec.stage)(spec, env)
 
 
 def stage_name(spec: LoopSpec) -> str:
-    cls = spec.stage
-    return cls if isinstance(cls, str) else f"{cls.__module__}:{cls.__qualname__}"
+    return stage_label(spec.stage)
 
 
 def train_cfg(spec: LoopSpec) -> dict:
@@ -69,17 +54,6 @@ def make_feed(spec: LoopSpec, stage, env: WorkerEnv) -> MixedFeed:
     t = train_cfg(spec)
     return MixedFeed(spec.data, spec.weights or [1.0] * len(spec.data), stage.columns, t["seed"],
                      env.rank, env.world, chunk_rows=t["data_chunk_rows"], window=t["data_shuffle_window"])
-
-
-def ray_worker_main(config: dict) -> None:
-    """`train_loop_per_worker` of the TorchTrainer."""
-    import ray.train
-
-    from pipelines.train_dist import ray_worker_env
-
-    spec = LoopSpec(**config)
-    env = ray_worker_env(train_cfg(spec)["strategy"])
-    run_loop(spec, env, checkpoint=ray.train.get_checkpoint(), report=_ray_report)
 
 
 def run_loop(spec: LoopSpec, env: WorkerEnv, checkpoint=None, report=None) -> list[dict]:
@@ -189,14 +163,6 @@ def _checkpoint_and_report(spec, stage, feed, env, step, stop, metrics, log, rep
             report(metrics, folder, f"step-{step:08d}")
     elif step % t["log_every"] == 0:
         report(metrics, None, None)
-
-
-def _ray_report(metrics: dict, folder: str | None, name: str | None) -> None:
-    import ray.train
-
-    checkpoint = ray.train.Checkpoint.from_directory(folder) if folder else None
-    # Every rank reports (Train V2 requirement); each rank's files merge into one checkpoint folder.
-    ray.train.report(metrics, checkpoint=checkpoint, checkpoint_dir_name=name)
 
 
 def export(spec: LoopSpec, stage, env: WorkerEnv) -> None:

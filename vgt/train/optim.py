@@ -1,4 +1,4 @@
-"""Optimiser pieces shared by the AE and AR stages: parameter groups, warm-up + cosine (EMA: vgt.ema)."""
+"""Optimiser pieces shared by the AE and AR stages: parameter groups, warm-up + cosine (EMA: vgt.train.ema)."""
 from __future__ import annotations
 
 import math

@@ -1,0 +1,1 @@
+"""`vgt demo`: every stage on one local Ray cluster, and its report."""

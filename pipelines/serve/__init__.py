@@ -1,0 +1,1 @@
+"""Ray Serve programs: the OpenAI-compatible ingress, the AR-sampler and AE-decoder deployments, their config."""

@@ -1,0 +1,1 @@
+"""Ray Train programs: the TorchTrainer launch (`launch`) and the worker function (`worker`)."""
