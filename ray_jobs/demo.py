@@ -6,7 +6,8 @@
 
 Each stage gets a share of --budget-minutes (about 15 minutes on 2 cores by default) and prints
 its progress; training steps are sized to the budget on this machine unless --steps is given.
-The Ray cluster is started and stopped here: nothing keeps running afterwards.
+The demo starts its own local Ray cluster (so it takes no --address) and stops it at the end:
+nothing keeps running afterwards.
 """
 from __future__ import annotations
 
@@ -14,6 +15,8 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ray_jobs._entry import add_overrides, hidden_alias
+
     parser.add_argument("--out", required=True, help="output folder (data, runs, report.html, metrics.json)")
     parser.add_argument("--budget-minutes", type=float, default=15.0,
                         help="total time budget, shared between the stages (default 15)")
@@ -24,24 +27,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--train-images", type=int, default=4000, help="synthetic training images (default 4000)")
     parser.add_argument("--heldout-images", type=int, default=96,
                         help="held-out ground-truth renders for the reconstruction metrics and the AE ceiling (default 96)")
-    parser.add_argument("--workers", type=int, default=2,
+    parser.add_argument("--num-workers", type=int, default=2,
                         help="Ray Train workers per training stage; the preset's batch is split over them (default 2)")
+    hidden_alias(parser, "--workers", "--num-workers", type=int)
     parser.add_argument("--seed", type=int, default=0, help="data and sampling seed (default 0)")
     parser.add_argument("--preset", default="demo", help="preset to train (default demo)")
-    parser.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="config overrides for every stage")
+    add_overrides(parser, "applied to every stage, e.g. train.ar_pretrain.lr=5e-4")
 
 
 def run(args: argparse.Namespace) -> int:
     from pipelines.demo.run import DemoOptions, run_demo
     from ray_jobs._entry import UserError
 
-    if min(args.budget_minutes, args.n, args.train_images, args.heldout_images, args.workers) <= 0:
-        raise UserError("--budget-minutes, --n, --train-images, --heldout-images and --workers must be positive")
+    if min(args.budget_minutes, args.n, args.train_images, args.heldout_images, args.num_workers) <= 0:
+        raise UserError("--budget-minutes, --n, --train-images, --heldout-images and --num-workers must be positive")
     if args.steps is not None and args.steps < 1:
         raise UserError("--steps must be at least 1")
     metrics = run_demo(DemoOptions(
         out=args.out, budget_minutes=args.budget_minutes, steps=args.steps, n=args.n, train_images=args.train_images,
-        heldout_images=args.heldout_images, workers=args.workers, seed=args.seed, preset=args.preset,
+        heldout_images=args.heldout_images, workers=args.num_workers, seed=args.seed, preset=args.preset,
         overrides=list(args.overrides)))
     s = metrics["shapes"]
     print(f"vgt demo: done in {metrics['total_seconds']:.0f} s; held-out shapes: colour {s['colour']:.2f} "

@@ -1,8 +1,8 @@
 """Train the autoencoder (Ray Train), e.g.
 
-  vgt train-ae --preset internvl3-1b --stage stage1 --data s3://data/prepared --out s3://runs/ae1 --workers 8
+  vgt train-ae --preset internvl3-1b --stage stage1 --data s3://data/prepared --out s3://runs/ae1 --num-workers 8
   vgt train-ae --preset internvl3-1b --stage stage2 --init s3://runs/ae1/export --data s3://data/prepared \\
-      --out s3://runs/ae2 --workers 8
+      --out s3://runs/ae2 --num-workers 8
 
 Stage 1 trains from the preset (pretrained vision tower + decoder, new bottleneck); stage 2 starts
 from stage 1's export (--init) with the latent LayerNorm and noise on. OUT/export is an AE folder.
@@ -25,7 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines.train.launch import launch
+    from ray_jobs._train_flags import run_training
     from vgt.train.checkpoint import TrainInputError
     from ray_jobs._entry import UserError
     from vgt.artifacts import read_component_config
@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
     if args.stage == "stage2" and args.init is None:
         raise UserError("--stage stage2 starts from --init AE_DIR (stage 1's export)")
     try:
-        launch(args, "ae", STAGES[args.stage])
+        run_training(args, "ae", STAGES[args.stage])
     except TrainInputError as e:
         raise UserError(str(e)) from e
     return 0

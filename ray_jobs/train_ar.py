@@ -1,7 +1,7 @@
 """Train the autoregressive generator (Ray Train) on a frozen autoencoder, e.g.
 
   vgt train-ar --preset internvl3-2b --stage pretrain --data s3://data/prepared-latents \\
-      --ae s3://runs/ae2/export --out s3://runs/ar-pretrain --workers 8
+      --ae s3://runs/ae2/export --out s3://runs/ar-pretrain --num-workers 8
   vgt train-ar --preset internvl3-2b --stage sft --init s3://runs/ar-pretrain/export \\
       --data s3://data/sft=3 s3://data/prepared-latents=1 --ae s3://runs/ae2/export --out s3://runs/ar-sft
 
@@ -29,7 +29,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from pipelines.train.launch import launch
+    from ray_jobs._train_flags import run_training
     from vgt.train.checkpoint import TrainInputError
     from ray_jobs._entry import UserError
     from vgt.artifacts import read_component_config
@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     if args.stage == "sft" and args.init is None:
         raise UserError("--stage sft starts from --init PIPELINE_DIR (pretrain's export)")
     try:
-        launch(args, "ar", STAGES[args.stage], ae=args.ae, default_strategy_gpu="fsdp2")
+        run_training(args, "ar", STAGES[args.stage], ae=args.ae, default_strategy_gpu="fsdp2")
     except TrainInputError as e:
         raise UserError(str(e)) from e
     return 0

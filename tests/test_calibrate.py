@@ -1,4 +1,4 @@
-"""`python -m pipelines.bench.calibrate`: both stages on the `tiny` preset for a couple of CPU-seconds, in-process."""
+"""`python -m pipelines.bench.calibrate`: both engine stages on the `tiny` preset for a couple of CPU-seconds, in-process."""
 from __future__ import annotations
 
 import json
@@ -9,7 +9,7 @@ import pytest
 from pipelines.bench import calibrate
 from vgt.presets import get_preset
 
-TINY = ["--preset", "tiny", "--minutes", "0.03", "--marks", "0.01,0.03", "--train-images", "64"]
+TINY = ["--preset", "tiny", "--minutes", "0.03", "--marks", "0.01,0.03", "--train-images", "64", "--steps", "100000"]
 
 
 def records(out: str) -> list[dict]:
@@ -35,18 +35,19 @@ def test_ae_then_ar_report_every_mark_and_save_loadable_folders(tmp_path, capsys
     check_marks(ae_recs, "ae", train.ae_stage1.batch_size)
     assert all(math.isfinite(r["psnr"]) and r["psnr"] > 5 for r in ae_recs)
     assert out.count("\n| 0.0") == 2  # one markdown row per mark
-    VGTAutoencoder.from_pretrained(str(tmp_path / "ae"))
+    VGTAutoencoder.from_pretrained(str(tmp_path / "ae" / "export"))
 
-    assert calibrate.main(["ar", *TINY, "--ae", str(tmp_path / "ae"), "--out", str(tmp_path / "ar")]) == 0
+    ae = str(tmp_path / "ae" / "export")
+    assert calibrate.main(["ar", *TINY, "--ae", ae, "--out", str(tmp_path / "ar")]) == 0
     ar_recs = records(capsys.readouterr().out)
     check_marks(ar_recs, "ar", train.ar_pretrain.batch_size)
     assert "psnr" not in ar_recs[0]
-    VGTPipeline.from_pretrained(str(tmp_path / "ar"))
-    assert (tmp_path / "ar-samples.png").is_file()
+    VGTPipeline.from_pretrained(str(tmp_path / "ar" / "export"))
+    assert (tmp_path / "ar" / "samples.png").is_file()
 
 
 def test_unknown_override_is_one_clear_line(tmp_path, capsys):
-    assert calibrate.main(["ae", "--preset", "tiny", "--out", str(tmp_path / "ae"), "ae.nosuch=1"]) == 2
+    assert calibrate.main(["ae", "--preset", "tiny", "--out", str(tmp_path / "ae"), "--set", "ae.nosuch=1"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: unknown config key 'ae.nosuch'") and "Traceback" not in err
 
@@ -54,3 +55,11 @@ def test_unknown_override_is_one_clear_line(tmp_path, capsys):
 def test_marks_are_clipped_to_the_budget():
     assert calibrate.clip_marks([1, 2, 4, 6], 3) == [1, 2, 3]
     assert calibrate.clip_marks([1, 2, 4, 6], 8) == [1, 2, 4, 6, 8]
+
+
+@pytest.mark.timeout(120)
+def test_steps_ending_before_the_last_mark_record_once_at_the_end(tmp_path, capsys):
+    assert calibrate.main(["ae", "--preset", "tiny", "--minutes", "5", "--train-images", "16", "--steps", "3",
+                           "--out", str(tmp_path / "ae")]) == 0
+    (rec,) = records(capsys.readouterr().out)
+    assert rec["step"] == 3 and 0 < rec["cpu_min"] < 5

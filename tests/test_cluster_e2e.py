@@ -233,7 +233,7 @@ def test_train_ae_job_submitted_to_own_head(head, prepared, tmp_path):
 
     out = tmp_path / "ae-run"
     entrypoint = ["python", "-m", "ray_jobs.train_ae", "--preset", "tiny", "--stage", "stage1",
-                  "--data", str(prepared[0]), "--out", str(out), "--steps", "2", "--workers", "1"]
+                  "--data", str(prepared[0]), "--out", str(out), "--steps", "2", "--num-workers", "1"]
     assert_ran_here(head, head.submit(*entrypoint), entrypoint)
     metrics = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [m["step"] for m in metrics if "step" in m][-1] == 2

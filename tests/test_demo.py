@@ -84,7 +84,7 @@ def check_report(out, n: int, budget_s: float) -> dict:
 def test_short_demo_writes_a_complete_report(tmp_path):
     out = tmp_path / "demo"
     proc = run_demo(out, "--budget-minutes", "3", "--steps", "8", "--train-images", "200", "--heldout-images", "24",
-                    "--n", "1", "--workers", "1", timeout=870)
+                    "--n", "1", "--num-workers", "1", timeout=870)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "[demo 8/8] report done" in proc.stdout
     metrics = check_report(out, n=1, budget_s=870)

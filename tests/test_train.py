@@ -91,12 +91,15 @@ def write_toy_dataset(folder: str, sizes=(40, 24), seed: int = 0) -> str:
     return folder
 
 
+RAY = {"cpus_per_worker": 0.5, "max_failures": 0}
+
+
 def toy_spec(data: list[str], out: str, steps: int, **train) -> LoopSpec:
     stage = dict(batch_size=4, grad_accum=1, lr=1e-2, end_lr=1e-3, warmup_steps=2, ema_start=3, ema_decay=0.9)
     stage.update({k: train.pop(k) for k in list(train) if k in stage})
     overrides = {f"train.ar_pretrain.{k}": v for k, v in stage.items()}
     overrides.update({"train.checkpoint_every": 4, "train.log_every": 2, "train.sample_every": 0,
-                      "train.cpus_per_worker": 0.5, "train.max_failures": 0, "train.strategy": "ddp"})
+                      "train.strategy": "ddp"})
     overrides.update({f"train.{k}": v for k, v in train.items()})
     cfg = to_dict(get_preset("tiny", overrides))
     return LoopSpec(stage=ToyStage, stage_key="ar_pretrain", config=cfg, data=data, out=out, steps=steps)
@@ -226,13 +229,14 @@ def test_single_process_loop_learns_and_exports(tmp_path):
 # ---------------------------------------------------------------- Ray Train (2 CPU workers)
 
 
-def fit_toy(spec: LoopSpec, workers: int = 2) -> None:
+def fit_toy(spec: LoopSpec, workers: int = 2, **ray_settings) -> None:
     import ray.cloudpickle
 
+    from pipelines.train.config import ray_train_config
     from pipelines.train.launch import fit
 
     ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
-    fit(spec, workers)
+    fit(spec, ray_train_config({**RAY, "num_workers": workers, **ray_settings}))
 
 
 @pytest.fixture(scope="module")
@@ -252,7 +256,6 @@ def test_exact_resume_mid_epoch_then_fault_tolerance(toy_data, toy_full, tmp_pat
     """Stop at step 5 (mid-epoch), rerun to 12: it restarts at 5. In that rerun rank 1 dies after
     step 10 (max_failures=1): the group restarts from the step-8 checkpoint, not from 0. Losses of
     steps 6..12 and the final weights are bitwise those of the uninterrupted run."""
-    from pipelines.train.launch import fit
     from vgt.train.checkpoint import TrainInputError
 
     # 64 rows / (2 ranks x 4) = 8 steps per epoch: 5 is mid-epoch, 12 is in epoch 2.
@@ -260,8 +263,8 @@ def test_exact_resume_mid_epoch_then_fault_tolerance(toy_data, toy_full, tmp_pat
     fit_toy(part)
     assert starts(part.out) == [0]
     with pytest.raises(TrainInputError, match="written by 2 workers; this run has 1"):
-        fit(toy_spec([toy_data], part.out, steps=12), workers=1)
-    fit_toy(toy_spec([toy_data], part.out, steps=12, fail_at_step=10, max_failures=1))
+        fit_toy(toy_spec([toy_data], part.out, steps=12), workers=1)
+    fit_toy(toy_spec([toy_data], part.out, steps=12), fail_at_step=10, max_failures=1)
     assert starts(part.out) == [0, 5, 8]
     assert os.path.exists(os.path.join(part.out, "injected-failure-step-10"))
     a, b = losses(toy_full), losses(part.out)

@@ -26,8 +26,8 @@ from vgt.config import to_dict
 from vgt.presets import get_preset
 
 RES = 112  # the tiny preset's resolution
-FAST = ["train.cpus_per_worker=0.5", "train.log_every=1", "train.checkpoint_every=2", "train.sample_every=3",
-        "train.max_failures=0"]
+FAST = ["ray.cpus_per_worker=0.5", "train.log_every=1", "train.checkpoint_every=2", "train.sample_every=3",
+        "ray.max_failures=0"]
 
 
 def gradient_images(n: int, seed: int = 0, size=(140, 112)) -> list[tuple[bytes, str]]:
@@ -67,7 +67,7 @@ def ae_run(prepared, tmp_path_factory) -> str:
     """Stage 1 through the CLI: 2 DDP workers, 3 steps, discriminator + LeCam from the 2nd step."""
     out = str(tmp_path_factory.mktemp("ae") / "run")
     assert cli("train-ae", "--preset", "tiny", "--stage", "stage1", "--data", prepared, "--out", out,
-               "--steps", "3", "--workers", "2", *FAST, "train.ae_stage1.disc_start=1",
+               "--steps", "3", "--num-workers", "2", "--set", *FAST, "train.ae_stage1.disc_start=1",
                "train.ae_stage1.disc_hidden=32", "train.ae_stage1.batch_size=2") == 0
     return out
 
@@ -211,8 +211,8 @@ def test_ar_cli_fsdp2_mixed_sources_exports_a_pipeline_that_generates(prepared, 
     out = str(tmp_path / "ar")
     # Source 1 has this AE's latents, source 2 is encoded on the fly; weights 3:1.
     assert cli("train-ar", "--preset", "tiny", "--stage", "pretrain", "--ae", os.path.join(ae_run, "export"),
-               "--out", out, "--steps", "3", "--workers", "2", "--data", f"{with_latents}=3", f"{prepared}=1",
-               *FAST, "train.strategy=fsdp2", "train.activation_checkpointing=true",
+               "--out", out, "--steps", "3", "--num-workers", "2", "--data", f"{with_latents}=3", f"{prepared}=1",
+               "--set", *FAST, "train.strategy=fsdp2", "train.activation_checkpointing=true",
                "train.ar_pretrain.batch_size=2", "train.ar_pretrain.ema_start=1") == 0
     recs = records(out)
     assert [r["step"] for r in recs] == [1, 2, 3] and all(np.isfinite(r["flow_loss"]) for r in recs)

@@ -15,13 +15,14 @@ from safetensors.torch import load as st_load
 from safetensors.torch import save as st_save
 
 from vgt import io as vio
+from vgt.errors import VGTError
 
 FORMAT_VERSION = 1
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 
 
-class ArtifactError(RuntimeError):
+class ArtifactError(VGTError):
     """A folder is missing, of another format version, of another kind, or corrupted."""
 
 

@@ -71,7 +71,7 @@ def _demo() -> VGTConfig:
         # EMA over ~the last 100 steps: a 0.999 average lags a run of a few hundred steps
         ar_pretrain=ARStageConfig(steps=1500, batch_size=32, lr=1e-3, end_lr=1e-4, warmup_steps=50,
                                   ema_decay=0.99, ema_start=100),
-        checkpoint_every=500, log_every=10, sample_every=0, cpus_per_worker=0.5)
+        checkpoint_every=500, log_every=10, sample_every=0)
     # one token per LLM step: 16 LLM forwards per image, ~0.08 better colour and count than 4
     cfg.sample = SampleConfig(guidance_scale=3.0, cfg_schedule="constant", num_steps=16, parallel_tokens=1)
     return cfg

@@ -1,48 +1,44 @@
-"""Calibration: what the `demo` model learns per CPU-minute on synthetic shapes (plain PyTorch, no Ray).
+"""Calibration: what a preset learns per CPU-minute on synthetic shapes, on the training engine itself.
 
     python -m pipelines.bench.calibrate ae [--preset demo] [--minutes 6] [--marks 1,2,4,6] [--train-images 3000]
-                                          [--seed 0] --out AE_DIR [KEY=VALUE ...]
-    python -m pipelines.bench.calibrate ar --ae AE_DIR [the same flags] --out PIPELINE_DIR [KEY=VALUE ...]
+                                          [--steps N] [--seed 0] --out RUN [--set KEY=VALUE ...]
+    python -m pipelines.bench.calibrate ar --ae AE_DIR [the same flags] --out RUN [--set KEY=VALUE ...]
 
-Time is the process CPU time spent in training steps (`time.process_time()`) with one torch thread.
-On a shared machine wall time is meaningless (it depends on everything else running), while the
-CPU time of one thread barely does; 2 free cores give about two such minutes per wall minute.
-Rendering, encoding the training set and the evaluations are not counted. The stage trains until
-its CPU time reaches each of `--marks` (clipped to `--minutes`, which is always the last mark) and
-evaluates there.
+The stage runs exactly what `vgt train-ae --stage stage1` / `vgt train-ar --stage pretrain` run on
+each worker (`vgt.train.loop.run_loop` with the registered "ae" / "ar" stage: the same data feed,
+augmentation, losses, optimiser groups, warm-up + cosine schedule over `--steps` (default: the
+preset's stage steps), EMA and export), in this process with one torch thread and no Ray. So the
+figures describe `vgt train-*` minus Ray Train's own per-step costs (measured by `vgt bench train`).
 
-Data: `--train-images` renders of the training split (`draw_spec(rng, "train", 0.4)`, rendered at
-the preset resolution, `rng = np.random.default_rng(--seed)`), kept in memory and drawn uniformly
-with replacement, no augmentation. Both stages use AdamW with one parameter group, the stage
-config's batch_size, lr, betas, weight_decay and grad_clip, and a constant learning rate: no
-warm-up and no decay (`warmup_steps`, `end_lr` and `encoder_lr_mult` are not used).
+Time is the process CPU time (`time.process_time()`) spent training, evaluations excluded: on a
+shared machine wall time depends on everything else running, the CPU time of one thread barely
+does; 2 free cores give about two such minutes per wall minute. The run evaluates when its CPU
+time reaches each of `--marks` (clipped to `--minutes`, which is always the last mark) and ends
+there, or earlier at `--steps` (then the last record is taken at the end).
 
-`ae`: a `VGTAutoencoder` from the preset's `ae` config with `train.ae_stage1`'s latent switches
-(`encoder_norm`, `noise_gamma`: as the preset sets them, the demo's adds no noise), trained on the
-MSE of [0,1] pixels only, whatever the stage's other loss weights. At each mark it reconstructs 96
-held-out ground-truth renders (`eval_prompts()` x 2, rendered with `np.random.default_rng(7)`) and
-reports their mean PSNR (data range 1, as `vgt eval recon`) and the shapes scores of the
-reconstructions: the ceiling an AR model on this AE can reach. `--out`: the AE (`save_pretrained`).
+Data: `--train-images` renders of the training split (`write_shard(..., split="train")`, seed
+`--seed`, at the preset resolution), prepared in this process (`run_prep(in_process=True)`; the AR
+stage adds `--ae`'s latents with `run_prep_latents(in_process=True)`), under OUT/data.
 
-`ar`: encodes the training renders once with the `--ae` folder's AE (what `vgt prep-latents`
-stores: float16), then trains a `VGTModel` from the preset's `ar` config with `train.ar_pretrain`'s
-settings and its EMA (`vgt.train.ema`: a copy up to `ema_start`, then decay `ema_decay`). At each mark the
-EMA weights sample the 48 held-out prompts x 1 image through `VGTPipeline` (the preset's `sample`
-guidance scale, CFG schedule, flow steps, parallel tokens and order; image i draws from
-`image_generator(--seed, i)`), which are decoded and scored. `--out`: the pipeline folder with the
-EMA weights, and `OUT-samples.png` next to it, the last mark's samples in prompt order.
+`ae`: at each mark the AE reconstructs 96 held-out ground-truth renders (`eval_prompts()` x 2,
+rendered with `np.random.default_rng(7)`) and reports their mean PSNR (data range 1, as
+`vgt eval recon`) and the shapes scores of the reconstructions: the ceiling an AR model on this AE
+can reach. `ar`: at each mark the EMA weights (the live ones before `ema_start`) sample the 48
+held-out prompts x 1 image with the preset's `sample` settings (image i draws from
+`image_generator(--seed, i)`), which are decoded and scored; OUT/samples.png holds the last mark's
+samples in prompt order. OUT is a run folder (metrics.jsonl, export/: the AE or pipeline folder).
 
 Output: one JSON line per mark on stdout ({"stage", "cpu_min", "step", "images_seen", ["psnr",]
 colour, count, shape, position, two_object, single_all, overall}), then the same marks as markdown
 table rows (README tables); progress every 50 steps on stderr. Exit code 2 with one line on stderr
-for a bad preset, override or AE folder.
+for a bad preset or override, 1 for a missing or unusable AE folder.
 """
 from __future__ import annotations
 
 import argparse
-import itertools
 import json
 import math
+import os
 import sys
 import time
 from pathlib import Path
@@ -52,8 +48,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vgt.artifacts import ArtifactError
-from vgt.config import ConfigError
+from vgt.errors import VGTError
 
 TASKS = ("colour", "count", "shape", "position", "two_object", "single_all", "overall")
 HEADERS = {"cpu_min": "CPU-min", "step": "steps", "images_seen": "images", "psnr": "PSNR",
@@ -61,7 +56,8 @@ HEADERS = {"cpu_min": "CPU-min", "step": "steps", "images_seen": "images", "psnr
 TWO_OBJECT_FRACTION = 0.4
 HELDOUT_SEED = 7
 HELDOUT_COPIES = 2  # held-out renders per benchmark prompt (AE stage)
-CHUNK = 48  # images per no-grad forward (encoding, reconstructions)
+CHUNK = 48  # images per no-grad forward (reconstructions)
+SHARD_SIZE = 500
 PROGRESS_EVERY = 50
 GRID_COLUMNS = 12
 
@@ -94,8 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
                         help="CPU-minutes at which to evaluate, clipped to --minutes (default 1,2,4,6)")
     common.add_argument("--train-images", type=positive(int), default=3000, help="training renders (default 3000)")
     common.add_argument("--seed", type=int, default=0, help="data, initialisation and sampling seed (default 0)")
-    common.add_argument("--out", required=True, help="folder for the trained AE (ae) or pipeline (ar)")
-    common.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotted config overrides")
+    common.add_argument("--steps", type=positive(int), default=None,
+                        help="length of the LR schedule and most steps (default: the preset's stage steps)")
+    common.add_argument("--out", required=True,
+                        help="run folder: data/, metrics.jsonl, export/ (the AE or pipeline folder)")
+    common.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                        help="dotted config overrides")
     parser = argparse.ArgumentParser(prog="python -m pipelines.bench.calibrate", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     stages = parser.add_subparsers(dest="stage", required=True)
@@ -116,22 +116,25 @@ def main(argv: list[str] | None = None) -> int:
     run = run_ae if args.stage == "ae" else run_ar
     try:
         records = run(args, clip_marks(args.marks, args.minutes))
-    except (ConfigError, ArtifactError, FileNotFoundError) as err:
+    except VGTError as err:
         print(f"error: {err}", file=sys.stderr)
-        return 2
+        return err.exit_status
     print(markdown_table(records), flush=True)
     return 0
 
 
 # -- data and scoring --------------------------------------------------------------------------------
-def training_set(n: int, seed: int, size: int) -> tuple[list, list[Image.Image]]:
-    """(prompt specs, renders) of `n` draws from the training split."""
-    from vgt.eval.shapes import render
-    from vgt.eval.shapes.dataset import draw_spec
+def training_data(root: str, n: int, seed: int, cfg) -> str:
+    """`n` training-split renders written as shards and prepared in this process; the dataset URI."""
+    from pipelines.prep.dataset import run_prep
+    from vgt.eval.shapes.dataset import shard_sizes, write_shard
 
-    rng = np.random.default_rng(seed)
-    specs = [draw_spec(rng, "train", TWO_OBJECT_FRACTION) for _ in range(n)]
-    return specs, [render(s, rng, size) for s in specs]
+    shards, prepared = os.path.join(root, "shards"), os.path.join(root, "prepared")
+    if not os.path.exists(os.path.join(prepared, "manifest.json")):
+        for i, size in enumerate(shard_sizes(n, SHARD_SIZE)):
+            write_shard(shards, i, size, seed, "train", cfg.data.resolution, TWO_OBJECT_FRACTION)
+        run_prep([os.path.join(shards, "*.tar")], prepared, cfg, in_process=True)
+    return prepared
 
 
 def heldout_set(size: int) -> tuple[list, torch.Tensor]:
@@ -144,12 +147,6 @@ def heldout_set(size: int) -> tuple[list, torch.Tensor]:
     return specs, to_pixels([render(s, rng, size) for s in specs])
 
 
-def batch_pixels(images: list[Image.Image], batch_size: int, generator: torch.Generator) -> torch.Tensor:
-    from vgt.data import to_pixels
-
-    return to_pixels([images[i] for i in torch.randint(len(images), (batch_size,), generator=generator)])
-
-
 def shape_scores(specs: list, images: list) -> dict:
     from vgt.eval.shapes import score_images, summarize
 
@@ -158,63 +155,61 @@ def shape_scores(specs: list, images: list) -> dict:
 
 
 # -- training ----------------------------------------------------------------------------------------
-def adamw(params: list[torch.nn.Parameter], stage) -> torch.optim.AdamW:
-    """One parameter group at the stage's constant learning rate."""
-    return torch.optim.AdamW(params, lr=stage.lr, betas=tuple(stage.betas), weight_decay=stage.weight_decay)
+class MarkedRun:
+    """`run_loop`'s after_step hook: evaluates at each CPU-minute mark (evaluation time excluded)
+    and asks the loop to end at the last one."""
 
+    def __init__(self, name: str, marks: list[float], batch_size: int, evaluate: Callable[[object], dict]):
+        self.name, self.marks, self.batch_size, self.evaluate = name, list(marks), batch_size, evaluate
+        self.records: list[dict] = []
+        self.started, self.excluded = time.process_time(), 0.0
+        self.last_step, self.stage = 0, None  # the latest step and the engine's stage object
 
-def optimise(opt: torch.optim.Optimizer, params: list[torch.nn.Parameter], loss: torch.Tensor, clip: float) -> None:
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    torch.nn.utils.clip_grad_norm_(params, clip)
-    opt.step()
+    def spent(self) -> float:
+        return time.process_time() - self.started - self.excluded
 
+    def __call__(self, step: int, stage) -> bool:
+        self.last_step, self.stage = step, stage
+        if step % PROGRESS_EVERY == 0:
+            print(f"[{self.name}] step {step} cpu_min {self.spent() / 60:.2f}", file=sys.stderr, flush=True)
+        if self.spent() >= self.marks[len(self.records)] * 60:
+            self.record(self.marks[len(self.records)], step, stage)
+        return len(self.records) == len(self.marks)
 
-def train(stage: str, step_fn: Callable[[], float], batch_size: int, marks: list[float],
-          evaluate: Callable[[], dict]) -> list[dict]:
-    """Call `step_fn` (one update, returns its loss) until the CPU time spent in it reaches each mark
-    (minutes); evaluate there and print the record as a JSON line."""
-    records, step, spent = [], 0, 0.0
-    for mark in marks:
-        while spent < mark * 60:
-            start = time.process_time()
-            loss = step_fn()
-            spent += time.process_time() - start
-            step += 1
-            if step % PROGRESS_EVERY == 0:
-                print(f"[{stage}] step {step} cpu_min {spent / 60:.2f} loss {loss:.5f}", file=sys.stderr, flush=True)
-        record = {"stage": stage, "cpu_min": mark, "step": step, "images_seen": step * batch_size, **evaluate()}
+    def record(self, mark: float, step: int, stage) -> None:
+        began = time.process_time()
+        record = {"stage": self.name, "cpu_min": mark, "step": step, "images_seen": step * self.batch_size,
+                  **self.evaluate(stage)}
+        self.excluded += time.process_time() - began
         print(json.dumps(record), flush=True)
-        records.append(record)
-    return records
+        self.records.append(record)
 
 
-# -- ae ----------------------------------------------------------------------------------------------
+def train_marked(stage: str, stage_key: str, cfg, data: str, out: str, marks: list[float], steps: int | None,
+                 evaluate: Callable[[object], dict], ae: str | None = None) -> list[dict]:
+    """Run the engine's `stage` in this process until the last mark (or `steps`); one record per mark."""
+    from vgt.config import to_dict
+    from vgt.train.distributed import WorkerEnv
+    from vgt.train.loop import LoopSpec, run_loop
+
+    stage_cfg = getattr(cfg.train, stage_key)
+    spec = LoopSpec(stage=stage, stage_key=stage_key, config=to_dict(cfg), data=[data], out=out,
+                    steps=steps or stage_cfg.steps, ae=ae)
+    hook = MarkedRun(stage, marks, stage_cfg.batch_size * getattr(stage_cfg, "grad_accum", 1), evaluate)
+    run_loop(spec, WorkerEnv(), after_step=hook)
+    if len(hook.records) < len(marks):  # --steps ran out first: one record at the end
+        hook.record(round(hook.spent() / 60, 3), hook.last_step, hook.stage)
+    return hook.records
+
+
 def run_ae(args: argparse.Namespace, marks: list[float]) -> list[dict]:
-    from vgt.ae import VGTAutoencoder, apply_stage
-    from vgt.ae.losses import reconstruction_mse
     from vgt.presets import get_preset
 
     cfg = get_preset(args.preset, args.overrides)
-    stage = cfg.train.ae_stage1
-    torch.manual_seed(args.seed)
-    ae = VGTAutoencoder(cfg.ae)
-    apply_stage(ae, stage)
-    _, images = training_set(args.train_images, args.seed, cfg.data.resolution)
+    data = training_data(os.path.join(args.out, "data"), args.train_images, args.seed, cfg)
     specs, heldout = heldout_set(cfg.data.resolution)
-    params = [p for p in ae.parameters() if p.requires_grad]
-    opt, generator = adamw(params, stage), torch.Generator().manual_seed(args.seed)
-    ae.train()
-
-    def step() -> float:
-        pixels = batch_pixels(images, stage.batch_size, generator)
-        loss = reconstruction_mse(pixels, ae(pixels, generator))
-        optimise(opt, params, loss, stage.grad_clip)
-        return loss.item()
-
-    records = train("ae", step, stage.batch_size, marks, lambda: reconstruction_scores(ae, specs, heldout))
-    ae.eval().save_pretrained(args.out)
-    return records
+    return train_marked("ae", "ae_stage1", cfg, data, args.out, marks, args.steps,
+                        lambda stage: reconstruction_scores(stage.ae, specs, heldout))
 
 
 def reconstruction_scores(ae, specs: list, pixels: torch.Tensor) -> dict:
@@ -231,72 +226,37 @@ def reconstruction_scores(ae, specs: list, pixels: torch.Tensor) -> dict:
     return {"psnr": round(psnr(real01, recon01).mean().item(), 2), **shape_scores(specs, list(to_uint8(recon)))}
 
 
-# -- ar ----------------------------------------------------------------------------------------------
 def run_ar(args: argparse.Namespace, marks: list[float]) -> list[dict]:
-    from vgt.ae import VGTAutoencoder
-    from vgt.ar.model import VGTModel
-    from vgt.backbones import load_tokenizer
-    from vgt.train.ema import EMA
-    from vgt.eval.shapes import caption, eval_prompts
+    from pipelines.prep.add_latents import run_prep_latents
+    from vgt.eval.shapes import eval_prompts
     from vgt.pipeline import VGTPipeline
     from vgt.presets import get_preset
 
     cfg = get_preset(args.preset, args.overrides)
-    stage = cfg.train.ar_pretrain
-    ae = VGTAutoencoder.from_pretrained(args.ae)
-    cfg.ae = ae.config  # the saved pipeline's config describes the AE it ships
-    specs, images = training_set(args.train_images, args.seed, cfg.data.resolution)
-    captions, latents = [caption(s) for s in specs], encode(ae, images)
-    torch.manual_seed(args.seed)
-    tokenizer = load_tokenizer(cfg.ar.backbone)
-    model = VGTModel(cfg.ar, latent_dim=ae.config.latent_channels, tokenizer=tokenizer)
-    pipe = VGTPipeline(cfg, model, ae, tokenizer)
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt, generator = adamw(params, stage), torch.Generator().manual_seed(args.seed)
-    ema, updates = EMA(model, stage.ema_decay, stage.ema_start), itertools.count(1)
+    prepared = training_data(os.path.join(args.out, "data"), args.train_images, args.seed, cfg)
+    latents = os.path.join(args.out, "data", "latents")
+    run_prep_latents(prepared, args.ae, latents, in_process=True)
     prompts, samples = eval_prompts(), []
-    model.train()
 
-    def step() -> float:
-        idx = torch.randint(len(captions), (stage.batch_size,), generator=generator)
-        loss = model([captions[i] for i in idx], latents=latents[idx], generator=generator)["loss"]
-        optimise(opt, params, loss, stage.grad_clip)
-        ema.update(next(updates))
-        return loss.item()
-
-    def evaluate() -> dict:
-        with ema.applied():
+    def evaluate(stage) -> dict:
+        pipe = VGTPipeline(stage.cfg, stage.model, stage.ae, stage.model.tokenizer)
+        with stage.trainables.emas["model"].applied():
             samples[:] = generate(pipe, prompts, args.seed)
         return shape_scores(prompts, samples)
 
-    records = train("ar", step, stage.batch_size, marks, evaluate)
-    with ema.applied():
-        pipe.save_pretrained(args.out)
-    out = Path(args.out)
-    contact_sheet(samples, GRID_COLUMNS).save(out.parent / f"{out.name}-samples.png")
+    records = train_marked("ar", "ar_pretrain", cfg, latents, args.out, marks, args.steps, evaluate, ae=args.ae)
+    contact_sheet(samples, GRID_COLUMNS).save(os.path.join(args.out, "samples.png"))
     return records
 
 
-def encode(ae, images: list[Image.Image]) -> torch.Tensor:
-    """Latents of `images` as prep-latents stores them (float16), back in float32."""
-    from vgt.data import to_pixels
-    from vgt.data.encode import encode_pixels
-
-    chunks = [encode_pixels(ae, to_pixels(images[i:i + CHUNK])) for i in range(0, len(images), CHUNK)]
-    return torch.from_numpy(np.concatenate(chunks)).float()
-
-
 def generate(pipe, specs: list, seed: int) -> list[Image.Image]:
-    """One image per prompt spec with the preset's sampling settings, in eval mode."""
+    """One image per prompt spec with the pipeline's own sampling settings, in eval mode."""
     from vgt.ar.sampling import image_generator
     from vgt.eval.shapes import caption
 
-    s = pipe.config.sample
     pipe.model.eval()
-    latents = pipe.sample_latents([caption(x) for x in specs], guidance_scale=s.guidance_scale,
-                                  num_steps=s.num_steps, parallel_tokens=s.parallel_tokens, order=s.order,
-                                  generators=[image_generator(seed, i) for i in range(len(specs))],
-                                  cfg_schedule=s.cfg_schedule)
+    latents = pipe.sample_latents([caption(x) for x in specs],
+                                  generators=[image_generator(seed, i) for i in range(len(specs))])
     pipe.model.train()
     return pipe.decode(latents)
 

@@ -90,14 +90,15 @@ def _datasets(root: str) -> tuple[str, str, str]:
 def _step_ms(runner: str, data: str, ae: str, out: str, steps: int) -> float:
     import torch
 
+    from pipelines.train.config import ray_train_config
     from pipelines.train.launch import fit
-    from vgt.train.distributed import WorkerEnv
-    from vgt.train.loop import LoopSpec, run_loop
     from vgt.config import to_dict
     from vgt.presets import get_preset
+    from vgt.train.distributed import WorkerEnv
+    from vgt.train.loop import LoopSpec, run_loop
 
     cfg = get_preset("tiny", {"train.ar_pretrain.batch_size": BATCH, "train.sample_every": 0, "train.log_every": 10,
-                              "train.checkpoint_every": 10**6, "train.strategy": "ddp", "train.use_gpu": False})
+                              "train.checkpoint_every": 10**6, "train.strategy": "ddp"})
     spec = LoopSpec(stage="ar", stage_key="ar_pretrain", config=to_dict(cfg), data=[data],
                     out=out, steps=steps, ae=ae)
     if runner == "plain process":
@@ -108,7 +109,7 @@ def _step_ms(runner: str, data: str, ae: str, out: str, steps: int) -> float:
         finally:
             torch.set_num_threads(threads)
     else:
-        fit(spec, workers=1)
+        fit(spec, ray_train_config({"num_workers": 1, "use_gpu": False}))
     with open(os.path.join(out, "metrics.jsonl")) as f:
         times = [r["time"] for r in map(json.loads, f) if "loss" in r]
     return 1000 * min(b - a for a, b in zip(times[1:], times[2:]))
@@ -121,11 +122,11 @@ def gpu_rows(preset: str = "internvl3-1b", batch: int = 16, steps: int = 8, grid
     import torch
     import torch.distributed as dist
 
+    from vgt.ar.model import VGTModel
+    from vgt.presets import get_preset
     from vgt.train.data import seeded
     from vgt.train.distributed import WorkerEnv, accumulate, clip_and_step, distribute
     from vgt.train.optim import adamw, param_groups, scheduler
-    from vgt.ar.model import VGTModel
-    from vgt.presets import get_preset
 
     cuda = torch.cuda.is_available()  # without CUDA (a smoke run, e.g. --preset tiny): CPU, gloo, fp32
     device = torch.device("cuda", 0) if cuda else torch.device("cpu")

@@ -1,9 +1,10 @@
 """`vgt demo`: every stage of the pipeline on one embedded local Ray cluster, on synthetic shapes.
 
 (1) data: WebDataset shards of captioned shapes (Ray tasks); the held-out combinations only in a
-    separate evaluation split; (2) `vgt prep` of both splits; (3) `vgt train-ae`; (4) `vgt
-    prep-latents`; (5) `vgt train-ar`; (6) the Serve app; (7) the held-out prompts over HTTP;
-    (8) scores, reconstruction metrics, report.html + metrics.json. The cluster is started here and
+    separate evaluation split; (2) prep of both splits; (3) AE training; (4) prep-latents; (5) AR
+    training; (6) the Serve app; (7) the held-out prompts over HTTP; (8) scores, reconstruction
+    metrics, report.html + metrics.json. Each stage calls the same typed function its `vgt`
+    command calls. The cluster is started here and
     shut down at the end (also on errors), so no process is left behind.
 
 Every stage has a share of the time budget (training stages also get what earlier stages left
@@ -80,14 +81,6 @@ class Stages:
         return result
 
 
-def _cli(*argv: str) -> None:
-    from ray_jobs._entry import UserError
-    from ray_jobs.cli import main
-
-    if main(list(argv)) != 0:
-        raise UserError(f"`vgt {' '.join(argv)}` failed (see above)")
-
-
 def start_ray(temp_dir: str, num_cpus: int = 2) -> None:
     import ray
 
@@ -115,10 +108,15 @@ def write_data(opts: DemoOptions, data: str) -> dict:
     return {"shards": len(ray.get(jobs)), "train_images": opts.train_images, "heldout_images": opts.heldout_images}
 
 
-def train_stage(opts: DemoOptions, budget_s: float, command: str, stage_arg: str, stage_key: str,
-                cfg, out: str, data: str, ae: str | None = None) -> dict:
-    """Size the steps to the budget (unless --steps), then run `vgt train-ae|train-ar` with a wall-time
-    cap (`train.time_limit_s`) of the stage's budget, so a slower machine still fits."""
+def train_stage(opts: DemoOptions, budget_s: float, stage: str, stage_key: str, out: str, data: str,
+                ae: str | None = None) -> dict:
+    """Size the steps to the budget (unless --steps), then train the stage on Ray Train with a
+    wall-time cap (`train.time_limit_s`) of the stage's budget, so a slower machine still fits."""
+    from pipelines.train.config import ray_train_config
+    from pipelines.train.launch import train
+    from vgt.presets import get_preset
+
+    cfg = get_preset(opts.preset, opts.overrides)
     cap, batch = getattr(cfg.train, stage_key).steps, getattr(cfg.train, stage_key).batch_size
     # the preset's batch is the calibrated one: split it over the workers (at equal samples, more
     # optimiser steps learn more in a short run than bigger batches)
@@ -126,11 +124,13 @@ def train_stage(opts: DemoOptions, budget_s: float, command: str, stage_arg: str
     train_s = max(budget_s - TRAIN_FIXED_S, 0.0)
     plan["steps"] = opts.steps or max(10, min(cap, int(train_s * STEPS_PER_SECOND[stage_key])))
     plan["time_limit_s"] = round(max(10.0, train_s), 1)
-    extra = ["--data", data] + (["--ae", ae] if ae else [])
-    with training_progress(command, vio.join(out, "metrics.jsonl"), plan["steps"]):
-        _cli(command, "--preset", opts.preset, "--stage", stage_arg, "--out", out, "--steps", str(plan["steps"]),
-             "--workers", str(opts.workers), *extra, f"train.{stage_key}.batch_size={plan['batch_per_worker']}",
-             *opts.overrides, f"train.time_limit_s={plan['time_limit_s']}")
+    cfg = get_preset(opts.preset, [*opts.overrides, f"train.{stage_key}.batch_size={plan['batch_per_worker']}",
+                                   f"train.time_limit_s={plan['time_limit_s']}"])
+    # half a CPU per worker leaves room for the Train controller and Ray Data on 2 cores
+    ray_cfg = ray_train_config({"num_workers": opts.workers, "cpus_per_worker": 0.5})
+    with training_progress(f"train-{stage}", vio.join(out, "metrics.jsonl"), plan["steps"]):
+        train(stage, stage_key, cfg, [data], out, ray_cfg, steps=plan["steps"], ae=ae,
+              default_strategy_gpu="fsdp2" if stage == "ar" else "ddp")
     return plan
 
 
@@ -179,6 +179,7 @@ def serve_model(model: str) -> str:
 
 def run_demo(opts: DemoOptions) -> dict:
     """Run every stage; returns metrics.json's content (also written to OUT)."""
+    from pipelines.prep.add_latents import run_prep_latents
     from vgt.presets import get_preset
 
     cfg = get_preset(opts.preset, opts.overrides)
@@ -194,19 +195,17 @@ def run_demo(opts: DemoOptions) -> dict:
     start_ray(temp_dir)
     try:
         metrics["data"] = stages.run("data", write_data, opts, paths["shards"])
-        stages.run("prep", _prep_both, opts, paths)
-        metrics["train_ae"] = stages.run("train-ae", train_stage, opts, stages.available("train-ae"), "train-ae",
-                                         "stage1", "ae_stage1", cfg, paths["ae_run"], paths["prepared"])
-        stages.run("prep-latents", _cli, "prep-latents", "--data", paths["prepared"], "--ae", paths["ae"],
-                   "--output", paths["latents"], "--num-cpus", "2")
-        metrics["train_ar"] = stages.run("train-ar", train_stage, opts, stages.available("train-ar"), "train-ar",
-                                         "pretrain", "ar_pretrain", cfg, paths["ar_run"], paths["latents"],
-                                         paths["ae"])
+        stages.run("prep", _prep_both, opts, paths, cfg)
+        metrics["train_ae"] = stages.run("train-ae", train_stage, opts, stages.available("train-ae"), "ae",
+                                         "ae_stage1", paths["ae_run"], paths["prepared"])
+        stages.run("prep-latents", run_prep_latents, paths["prepared"], paths["ae"], paths["latents"], num_cpus=2)
+        metrics["train_ar"] = stages.run("train-ar", train_stage, opts, stages.available("train-ar"), "ar",
+                                         "ar_pretrain", paths["ar_run"], paths["latents"], paths["ae"])
         url = stages.run("serve", serve_model, paths["pipeline"])
-        sample = {"guidance_scale": cfg.sample.guidance_scale}
         from pipelines.eval.shapes import shapes_eval
 
-        metrics["shapes"] = stages.run("generate", shapes_eval, url, opts.n, opts.seed, sample, paths["shapes"])
+        # no sampling options: the served folder's config.sample decides, as for any client
+        metrics["shapes"] = stages.run("generate", shapes_eval, url, opts.n, opts.seed, {}, paths["shapes"])
         _stop_serve()
         from pipelines.demo.report import write_report
 
@@ -219,12 +218,12 @@ def run_demo(opts: DemoOptions) -> dict:
     return metrics
 
 
-def _prep_both(opts: DemoOptions, paths: dict) -> None:
+def _prep_both(opts: DemoOptions, paths: dict, cfg) -> None:
+    from pipelines.prep.dataset import run_prep
+
     shards = paths["shards"]
-    _cli("prep", "--input", f"shapes={vio.join(shards, 'shapes-train-*.tar')}", "--output", paths["prepared"],
-         "--preset", opts.preset, *(f"--set={o}" for o in opts.overrides))
-    _cli("prep", "--input", f"heldout={vio.join(shards, 'shapes-heldout-*.tar')}", "--output", paths["heldout"],
-         "--preset", opts.preset, *(f"--set={o}" for o in opts.overrides))
+    run_prep([f"shapes={vio.join(shards, 'shapes-train-*.tar')}"], paths["prepared"], cfg)
+    run_prep([f"heldout={vio.join(shards, 'shapes-heldout-*.tar')}"], paths["heldout"], cfg)
 
 
 def _stop_serve() -> None:

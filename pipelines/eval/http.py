@@ -14,9 +14,10 @@ import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from vgt.errors import VGTError
 
 
-class EndpointError(RuntimeError):
+class EndpointError(VGTError):
     """The endpoint refused or failed a request; the message carries its status and error text."""
 
 

@@ -34,8 +34,11 @@ OUT_SCHEMA = pa.schema(list(layout.PART_SCHEMA) + layout.LATENT_FIELDS)
 
 def run_prep_latents(data: str, ae: str, output: str | None = None, batch_size: int = 32,
                      concurrency: int = 1, num_gpus: float | None = None, num_cpus: float = 1,
-                     bf16: bool = False, overwrite: bool = False) -> dict:
-    """Encode every part of `data` lacking latents of `ae`; write to `output` (default: in place)."""
+                     bf16: bool = False, overwrite: bool = False, in_process: bool = False) -> dict:
+    """Encode every part of `data` lacking latents of `ae`; write to `output` (default: in place).
+
+    `in_process`: encode the parts one after another in this process, without Ray (small datasets:
+    calibration, debugging); the parts and manifest are the same."""
     started = time.time()
     src = PreparedDataset(data)
     out = data if output is None or output.rstrip("/") == data.rstrip("/") else output
@@ -47,7 +50,12 @@ def run_prep_latents(data: str, ae: str, output: str | None = None, batch_size: 
     log.info("prep-latents: %d part(s) to encode, %d already done", len(todo), len(src.parts) - len(todo))
     options = dict(src=data, out=out, ae=ae, fingerprint=fingerprint, resolution=src.resolution,
                    batch_size=batch_size, bf16=bf16)
-    for stats in _encode_parts(todo, options, concurrency, num_gpus, num_cpus):
+    if in_process:
+        encoder = PartEncoder(**options, torch_threads=None)  # this process's thread setting
+        encoded = (encoder.encode_part(name) for name in todo)
+    else:
+        encoded = _encode_parts(todo, options, concurrency, num_gpus, num_cpus)
+    for stats in encoded:
         manifest["latents"]["shape"] = stats.pop("shape") or manifest["latents"]["shape"]
         done[stats.pop("part")] = stats
         log.info("[%d/%d] latents for %d rows (%.1f s)", len(done), len(src.parts), stats["rows"], stats["seconds"])
@@ -120,12 +128,13 @@ class PartEncoder:
     """Ray Data actor: holds one AE; `__call__` adds latents to the parts named in the batch."""
 
     def __init__(self, src: str, out: str, ae: str, fingerprint: str, resolution: int, batch_size: int,
-                 bf16: bool, torch_threads: int):
+                 bf16: bool, torch_threads: int | None):
         import torch
 
         from vgt.ae import VGTAutoencoder
 
-        torch.set_num_threads(torch_threads)
+        if torch_threads is not None:
+            torch.set_num_threads(torch_threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.ae = VGTAutoencoder.from_pretrained(ae).to(self.device).eval()
         if self.ae.fingerprint != fingerprint:

@@ -19,7 +19,7 @@ from vgt.data.reader import load_manifest
 from vgt.data.summary import by_source, format_summary, totals
 from vgt.provenance import collect_provenance
 
-from vgt.data.part import build_part_row
+from vgt.data.part import build_part, build_part_row
 from vgt.data.plan import plan_parts
 
 log = logging.getLogger(__name__)
@@ -27,15 +27,20 @@ MANIFEST_EVERY_S = 5.0  # rewrite manifest.json at most this often while parts f
 
 
 def run_prep(inputs: list[str], output: str, cfg: VGTConfig, overwrite: bool = False,
-             concurrency: int | None = None) -> dict:
-    """Prepare `inputs` ([TAG=]URI ...) into `output`; returns the final manifest."""
+             concurrency: int | None = None, in_process: bool = False) -> dict:
+    """Prepare `inputs` ([TAG=]URI ...) into `output`; returns the final manifest.
+
+    `in_process`: build the parts one after another in this process, without Ray (small datasets:
+    calibration, debugging); the parts and manifest are the same."""
     started = time.time()
     plan = plan_parts(inputs)
     manifest, todo = start_manifest(output, plan, cfg, overwrite)
     layout.write_manifest(output, manifest)
     log.info("prep: %d part(s) to build, %d already complete", len(todo), len(plan) - len(todo))
     built, last_write = [], time.time()
-    for stats in _build_parts(todo, cfg.data, output, concurrency):
+    parts = ((build_part(spec, cfg.data, output) for spec in todo) if in_process
+             else _build_parts(todo, cfg.data, output, concurrency))
+    for stats in parts:
         manifest["parts"][stats["part"]] = stats
         (manifest.get("latents") or {}).get("parts", {}).pop(stats["part"], None)  # its latents are gone
         built.append(stats)

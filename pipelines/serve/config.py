@@ -9,13 +9,15 @@ from __future__ import annotations
 import copy
 import os
 import time
+from vgt.errors import VGTError
 
 APP_NAME = "vgt"
 MODEL_DEPLOYMENTS = ("ARSampler", "AEDecoder")
-DEFAULT_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "cluster", "serve.yaml")
+_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # the checkout (pipelines/serve/..)
+DEFAULT_CONFIG = os.path.join(_ROOT, "cluster", "serve.yaml")
 
 
-class DeployError(RuntimeError):
+class DeployError(VGTError):
     """The application failed to deploy (message from Serve), or did not come up in time."""
 
 

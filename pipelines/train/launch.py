@@ -2,7 +2,7 @@
 
 Run folder OUT (local or s3://):
   config.json, provenance.json   the resolved config and run spec; code version, packages, seeds
-  checkpoints/step-N/            Ray Train checkpoints (see train_ckpt), the newest `keep_checkpoints`
+  checkpoints/step-N/            Ray Train checkpoints (vgt.train.checkpoint), the newest `ray.keep_checkpoints`
   metrics.jsonl                  one line per step (loss terms, lr, grad norm, samples/s, tokens/s)
   samples/step-N.png             reconstruction (AE) / sample (AR) grids every `sample_every` steps
   export/                        the final weights as a loadable AE or pipeline folder
@@ -16,9 +16,11 @@ from __future__ import annotations
 from dataclasses import asdict
 
 from vgt.train.checkpoint import STATE_FILE, TrainInputError, check_compatible
+from pipelines.train.config import RayTrainConfig
 from pipelines.train.worker import ray_worker_main
 from vgt.train.loop import RUN_NAME, LoopSpec, stage_name
 from vgt import io as vio
+from vgt.config import VGTConfig, to_dict
 from vgt.provenance import collect_provenance
 
 
@@ -40,38 +42,31 @@ def latest_checkpoint_state(out: str) -> dict | None:
     return vio.read_json(states[-1]) if states else None
 
 
-def launch(args, stage: str, stage_key: str, ae: str | None = None, default_strategy_gpu: str = "ddp") -> dict:
-    """`vgt train-ae` / `vgt train-ar`: parsed flags -> checked inputs -> `fit`; returns the last metrics."""
-    from vgt.config import flat_keys, to_dict
-    from vgt.data import PreparedDataset
-    from vgt.presets import get_preset
+def train(stage: str, stage_key: str, cfg: VGTConfig, data: list[str], out: str, ray_cfg: RayTrainConfig,
+          steps: int | None = None, init: str | None = None, ae: str | None = None,
+          default_strategy_gpu: str = "ddp") -> dict:
+    """Check the inputs, then train `stage` ("ae" | "ar") on Ray Train; returns the last metrics.
 
-    if args.workers < 1:
-        raise TrainInputError("--workers must be at least 1")
-    base = get_preset(args.preset)
-    # `--data` takes several items, so trailing KEY=VALUE overrides land there: a known config key is one.
-    keys = set(flat_keys(base))
-    moved = [d for d in args.data if d.split("=", 1)[0] in keys]
-    cfg = get_preset(args.preset, list(args.overrides) + moved)
-    uris, weights = dataset_args([d for d in args.data if d not in moved])
+    `data` items are `URI[=WEIGHT]`; `steps` defaults to the preset's stage steps. Rerunning with the
+    same `out` resumes from its latest checkpoint.
+    """
+    from vgt.data import PreparedDataset
+
+    uris, weights = dataset_args(data)
     for uri in uris:
         PreparedDataset(uri)  # missing or unfinished datasets fail here, not inside a worker
-    steps = args.steps or getattr(cfg.train, stage_key).steps
-    spec = LoopSpec(stage=stage, stage_key=stage_key, config=to_dict(cfg), data=uris, out=args.out, steps=steps,
-                    weights=weights, init=args.init, ae=ae)
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(address=args.address)
-    metrics = fit(spec, args.workers, default_strategy_gpu)
+    steps = steps or getattr(cfg.train, stage_key).steps
+    spec = LoopSpec(stage=stage, stage_key=stage_key, config=to_dict(cfg), data=uris, out=out, steps=steps,
+                    weights=weights, init=init, ae=ae)
+    metrics = fit(spec, ray_cfg, default_strategy_gpu)
     print(f"{stage_key}: step {metrics.get('step')} of {steps}, loss {metrics.get('loss')}; "
-          f"run folder {args.out}" + (f", export {vio.join(args.out, 'export')}" if metrics.get("step") == steps else
-                                      " (stopped early: rerun to continue)"), flush=True)
+          f"run folder {out}" + (f", export {vio.join(out, 'export')}" if metrics.get("step") == steps else
+                                 " (stopped early: rerun to continue)"), flush=True)
     return metrics
 
 
-def fit(spec: LoopSpec, workers: int, default_strategy_gpu: str = "ddp") -> dict:
-    """Train `spec` on `workers` Ray Train workers; returns the last reported metrics."""
+def fit(spec: LoopSpec, ray_cfg: RayTrainConfig, default_strategy_gpu: str = "ddp") -> dict:
+    """Train `spec` on `ray_cfg.num_workers` Ray Train workers; returns the last reported metrics."""
     import ray
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
@@ -79,20 +74,20 @@ def fit(spec: LoopSpec, workers: int, default_strategy_gpu: str = "ddp") -> dict
     if not ray.is_initialized():
         ray.init()  # RAY_ADDRESS / a running cluster, else a local one
     t = spec.config["train"]
-    use_gpu = cluster_has_gpu() if t["use_gpu"] is None else bool(t["use_gpu"])
+    use_gpu = cluster_has_gpu() if ray_cfg.use_gpu is None else bool(ray_cfg.use_gpu)
     t["strategy"] = resolve_strategy(t["strategy"], use_gpu, default_strategy_gpu)
     state = latest_checkpoint_state(spec.out)
     if state is not None:  # refuse before any worker starts
-        check_compatible(state, workers, t["strategy"])
-    write_run_files(spec, workers, resumed_from=state and state["step"])
+        check_compatible(state, ray_cfg.num_workers, t["strategy"])
+    write_run_files(spec, ray_cfg, resumed_from=state and state["step"])
     fs, path = vio.pyarrow_fs(spec.out)
     trainer = TorchTrainer(
         ray_worker_main,
-        train_loop_config=asdict(spec),
+        train_loop_config={"spec": asdict(spec), "fail_at_step": ray_cfg.fail_at_step},
         # One worker per GPU, or CPU workers. Fractional CPUs leave room on small machines for
         # the Train controller and anything else sharing the cluster.
-        scaling_config=ScalingConfig(num_workers=workers, use_gpu=use_gpu,
-                                     resources_per_worker={"CPU": t["cpus_per_worker"],
+        scaling_config=ScalingConfig(num_workers=ray_cfg.num_workers, use_gpu=use_gpu,
+                                     resources_per_worker={"CPU": ray_cfg.cpus_per_worker,
                                                            **({"GPU": 1} if use_gpu else {})}),
         # TorchConfig default: gloo on CPU, NCCL on GPU.
         run_config=RunConfig(
@@ -101,18 +96,18 @@ def fit(spec: LoopSpec, workers: int, default_strategy_gpu: str = "ddp") -> dict
             storage_path=path,
             storage_filesystem=fs if vio.is_s3(spec.out) else None,
             # Older checkpoints are deleted from storage once newer ones are registered.
-            checkpoint_config=CheckpointConfig(num_to_keep=t["keep_checkpoints"]),
+            checkpoint_config=CheckpointConfig(num_to_keep=ray_cfg.keep_checkpoints),
             # A failed worker restarts the whole group, which resumes from the last checkpoint.
-            failure_config=FailureConfig(max_failures=t["max_failures"]),
+            failure_config=FailureConfig(max_failures=ray_cfg.max_failures),
         ),
     )
     result = trainer.fit()
     return dict(result.metrics or {})
 
 
-def write_run_files(spec: LoopSpec, workers: int, resumed_from: int | None) -> None:
+def write_run_files(spec: LoopSpec, ray_cfg: RayTrainConfig, resumed_from: int | None) -> None:
     vio.makedirs(spec.out)
-    run = {"spec": {**asdict(spec), "stage": stage_name(spec)}, "workers": workers}
+    run = {"spec": {**asdict(spec), "stage": stage_name(spec)}, "workers": ray_cfg.num_workers, "ray": asdict(ray_cfg)}
     vio.write_json(vio.join(spec.out, "config.json"), run)
     seeds = {"seed": spec.config["train"]["seed"]}
     vio.write_json(vio.join(spec.out, "provenance.json"),

@@ -5,9 +5,12 @@ the worker's place in the group, Ray's checkpoint to resume from and Ray's repor
 """
 from __future__ import annotations
 
+import functools
+
 import ray.train
 import ray.train.torch
 
+from vgt import io as vio
 from vgt.train.distributed import WorkerEnv
 from vgt.train.loop import LoopSpec, run_loop, train_cfg
 
@@ -18,9 +21,24 @@ def ray_worker_env(strategy: str) -> WorkerEnv:
 
 
 def ray_worker_main(config: dict) -> None:
-    spec = LoopSpec(**config)
+    spec = LoopSpec(**config["spec"])
     env = ray_worker_env(train_cfg(spec)["strategy"])
-    run_loop(spec, env, checkpoint=ray.train.get_checkpoint(), report=report)
+    after_step = None
+    if config["fail_at_step"] is not None:
+        after_step = functools.partial(inject_failure, spec.out, env, config["fail_at_step"])
+    run_loop(spec, env, checkpoint=ray.train.get_checkpoint(), report=report, after_step=after_step)
+
+
+def inject_failure(out: str, env: WorkerEnv, fail_at: int, step: int, stage=None) -> None:
+    """Fault-injection drill (`ray.fail_at_step`): the last rank dies once at that step; a marker
+    file in the run folder keeps the restarted group from failing again."""
+    if fail_at != step or env.rank != env.world - 1:
+        return
+    marker = vio.join(out, f"injected-failure-step-{step}")
+    if vio.exists(marker):
+        return
+    vio.write_bytes(marker, b"")
+    raise RuntimeError(f"injected failure at step {step} on rank {env.rank} (ray.fail_at_step)")
 
 
 def report(metrics: dict, folder: str | None, name: str | None) -> None:

@@ -18,6 +18,7 @@ from torch.nn import functional as F
 
 from .convnext import ConvNeXt
 from .vgg import LPIPS_CHANNELS, VGG16Features
+from vgt.errors import VGTError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -26,7 +27,7 @@ LPIPS_SHIFT = (-0.030, -0.088, -0.188)
 LPIPS_SCALE = (0.458, 0.448, 0.450)
 
 
-class PerceptualWeightsError(ValueError):
+class PerceptualWeightsError(VGTError):
     """A perceptual-net weight file is missing, unreadable or does not fit the network."""
 
 

@@ -13,8 +13,9 @@ import re
 
 from vgt import io as vio
 from vgt.data.sources import FORMAT_SUFFIXES, detect_format, shard_stem
+from vgt.errors import UsageError
 
-class InputError(ValueError):
+class InputError(UsageError):
     """A malformed --input argument (bad tag, unknown file type)."""
 
 

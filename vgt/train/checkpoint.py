@@ -25,6 +25,7 @@ from torch import nn
 
 from vgt.train.distributed import WorkerEnv, unwrap
 from vgt.train.ema import EMA
+from vgt.errors import VGTError
 
 STATE_FILE = "state.json"
 
@@ -39,7 +40,7 @@ class Trainables:
     emas: dict[str, EMA] = field(default_factory=dict)
 
 
-class TrainInputError(ValueError):
+class TrainInputError(VGTError):
     """A run that cannot start as asked: bad flags, or a checkpoint it cannot continue from."""
 
 

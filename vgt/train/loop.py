@@ -11,6 +11,7 @@ import json
 import tempfile
 import time
 from dataclasses import dataclass, field
+from typing import Callable
 
 import torch
 
@@ -56,8 +57,15 @@ def make_feed(spec: LoopSpec, stage, env: WorkerEnv) -> MixedFeed:
                      env.rank, env.world, chunk_rows=t["data_chunk_rows"], window=t["data_shuffle_window"])
 
 
-def run_loop(spec: LoopSpec, env: WorkerEnv, checkpoint=None, report=None) -> list[dict]:
-    """Train from the checkpoint (or from scratch) to the stop step; returns rank 0's metrics."""
+def run_loop(spec: LoopSpec, env: WorkerEnv, checkpoint=None, report=None,
+             after_step: Callable[[int, object], bool | None] | None = None) -> list[dict]:
+    """Train from the checkpoint (or from scratch) to the stop step; returns rank 0's metrics.
+
+    `report(metrics, folder, name)` hands checkpoints and metrics to the launcher (None: a plain
+    process, no checkpoints). `after_step(step, stage)` runs on every rank after each step's
+    metrics are logged (the Ray layer's fault-injection drill, calibration's evaluations); a true
+    return on any rank ends the run at that step, with a checkpoint and the export, as
+    `train.time_limit_s` does."""
     t = train_cfg(spec)
     torch.manual_seed(t["seed"])  # identical initial weights on every rank (FSDP2 does not broadcast)
     stage = build_stage(spec, env)
@@ -70,7 +78,7 @@ def run_loop(spec: LoopSpec, env: WorkerEnv, checkpoint=None, report=None) -> li
         log.append({"event": "start", "step": start, "time": time.time(), "world_size": env.world,
                     "strategy": env.strategy})
     deadline = time.monotonic() + t["time_limit_s"] if t.get("time_limit_s") is not None else None
-    timed_out = False
+    ended = False
     for step in range(start, stop):
         began = time.perf_counter()
         rows = feed.batch(step, stage.rows_per_step)
@@ -82,17 +90,19 @@ def run_loop(spec: LoopSpec, env: WorkerEnv, checkpoint=None, report=None) -> li
         metrics["lr"] = lr
         if log:
             log.append(metrics)
-        _inject_failure(spec, env, step + 1)
+        requested = after_step is not None and _any_rank(env, bool(after_step(step + 1, stage)))
         _maybe_preview(spec, stage, rows, env, step + 1)
         timed_out = deadline is not None and _any_rank(env, time.monotonic() > deadline)
-        if timed_out:
+        ended = timed_out or requested
+        if ended:
             stop = step + 1
         _checkpoint_and_report(spec, stage, feed, env, step + 1, stop, metrics, log, report)
-        if timed_out:
+        if ended:
             if log:
-                log.append({"event": "time_limit", "step": step + 1, "time_limit_s": t["time_limit_s"]})
+                event = {"event": "time_limit", "time_limit_s": t["time_limit_s"]} if timed_out else {"event": "stop"}
+                log.append({**event, "step": step + 1})
             break
-    if stop == spec.steps or timed_out:
+    if stop == spec.steps or ended:
         export(spec, stage, env)
     if log:
         log.flush()
@@ -125,18 +135,6 @@ def _global_metrics(metrics: dict, stage, rows: list, env: WorkerEnv, seconds: f
     tokens = out.pop("tokens", stage.tokens_per_sample * len(rows)) * env.world
     out["tokens_per_s"] = tokens / seconds
     return out
-
-
-def _inject_failure(spec: LoopSpec, env: WorkerEnv, step: int) -> None:
-    """Fault-injection drill (train.fail_at_step): the last rank dies once at that step."""
-    fail_at = train_cfg(spec).get("fail_at_step")
-    if fail_at != step or env.rank != env.world - 1:
-        return
-    marker = vio.join(spec.out, f"injected-failure-step-{step}")
-    if vio.exists(marker):
-        return
-    vio.write_bytes(marker, b"")
-    raise RuntimeError(f"injected failure at step {step} on rank {env.rank} (train.fail_at_step)")
 
 
 def _maybe_preview(spec: LoopSpec, stage, rows: list, env: WorkerEnv, step: int) -> None:
