@@ -21,7 +21,7 @@ from safetensors.torch import save as st_save
 
 from vgt.train.checkpoint import Trainables
 from vgt.train.data import MixedFeed, epoch_order
-from vgt.train.distributed import WorkerEnv, accumulate, clip_and_step, distribute, split, unwrap
+from vgt.train.distributed import WorkerEnv, accumulate, clip_and_step, distribute, split_micro_batches, unwrap
 from vgt.train.loop import LoopSpec, run_loop
 from vgt.train.optim import adamw, param_groups, scheduler, warmup_cosine
 from vgt.train.ema import EMA
@@ -65,7 +65,7 @@ class ToyStage:
         model = self.trainables.modules["model"]
         x = torch.tensor([r["x"] for r in rows]) + 0.01 * torch.randn(len(rows), DIM, generator=generator)
         y = torch.tensor([[r["y"]] for r in rows])
-        micro = split(list(range(len(rows))), self.s["grad_accum"])
+        micro = split_micro_batches(list(range(len(rows))), self.s["grad_accum"])
         terms = accumulate(model, self.env, micro,
                            lambda idx, _: (torch.nn.functional.mse_loss(model(x[idx]), y[idx]), {}))
         norm = clip_and_step(list(model.parameters()), self.trainables.optimizers["model"],

@@ -1,4 +1,4 @@
-"""The VGT-AR training stage (spec §2-3) on the shared loop (vgt/train/loop.py).
+"""The VGT-AR training stage (docs/reference.md §2-3) on the shared loop (vgt/train/loop.py).
 
 The finished autoencoder (`--ae`: ours or converted) is frozen. A source whose `latent` column was
 made by exactly this AE (fingerprint in its manifest) is read as latents; any other source is
@@ -16,7 +16,7 @@ import pyarrow as pa
 import torch
 
 from vgt.train.checkpoint import Trainables
-from vgt.train.distributed import WorkerEnv, accumulate, clip_and_step, distribute, gathered, split
+from vgt.train.distributed import WorkerEnv, accumulate, clip_and_step, distribute, gathered, split_micro_batches
 from vgt.train.images import image_grid
 from vgt.train.loop import LoopSpec
 from vgt.train.stage import register
@@ -125,7 +125,7 @@ class ARStage:
             tokens += len(micro) * self.tokens_per_sample + sum(self._prompt_tokens(captions))
             return out["loss"], {k: v for k, v in out.items() if k != "loss"}
 
-        metrics = accumulate(model, env, split(rows, s.grad_accum), loss_fn)
+        metrics = accumulate(model, env, split_micro_batches(rows, s.grad_accum), loss_fn)
         metrics["grad_norm"] = clip_and_step(list(model.parameters()), t.optimizers["model"],
                                              t.schedulers["model"], s.grad_clip)
         metrics["tokens"] = tokens
@@ -137,16 +137,16 @@ class ARStage:
 
     @torch.no_grad()
     def preview(self, step: int, rows: list[dict]):
-        """Samples for the batch's first captions (live weights), the same on every rank."""
+        """Samples for the batch's first captions (live weights), the same on every rank, with the
+        run's `config.sample` (every setting, as the exported pipeline folder samples by default)."""
         if not self.env.is_main and self.env.strategy != "fsdp2":
             return None  # FSDP2 forwards are collective: every rank samples
         captions = [r["caption"] for r in rows[:PREVIEW_IMAGES]]
-        sample = self.cfg.sample
+        settings = self.cfg.sample.resolve(num_tokens=self.grid[0] * self.grid[1])
         self.model.eval()
         with gathered(self.model), self.env.autocast():
             latents = sample_latents(self.model, captions, [image_generator(step, i) for i in range(len(captions))],
-                                     self.grid, guidance_scale=sample.guidance_scale, num_steps=sample.num_steps,
-                                     parallel_tokens=min(sample.parallel_tokens, self.grid[0] * self.grid[1]))
+                                     self.grid, **settings.as_kwargs())
         self.model.train()
         return image_grid([self.ae.decode(latents.to(self.env.device))])
 

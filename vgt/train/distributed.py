@@ -71,7 +71,7 @@ def distribute(module: nn.Module, env: WorkerEnv, blocks: Iterable[nn.Module] = 
     if env.strategy == "fsdp2":
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        # GPU: bf16 compute with fp32 master weights and fp32 gradient reduction (spec §7 item 12).
+        # GPU: bf16 compute with fp32 master weights and fp32 gradient reduction (docs/reference.md §6.4).
         mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
               if env.device.type == "cuda" else MixedPrecisionPolicy())
         for block in blocks:
@@ -141,7 +141,7 @@ def clip_and_step(params: list[nn.Parameter], optimizer: torch.optim.Optimizer, 
     return norm.full_tensor() if hasattr(norm, "full_tensor") else norm
 
 
-def split(rows: list, parts: int) -> list[list]:
+def split_micro_batches(rows: list, parts: int) -> list[list]:
     """Equal consecutive micro-batches (len(rows) must divide evenly)."""
     size = len(rows) // parts
     return [rows[i * size:(i + 1) * size] for i in range(parts)]
