@@ -180,7 +180,8 @@ def test_cfg_scale_one_equals_unguided_head_path():
 
     def run(**kw):
         g = torch.Generator().manual_seed(5)
-        return flow.sample_tokens(head, cond, lambda: torch.randn(4, 32, generator=g), num_steps=4, **kw)
+        return flow.sample_tokens(head, cond, lambda: torch.randn(4, 32, generator=g), num_steps=4,
+                                 method="sde", **kw)
 
     plain = run()
     assert torch.allclose(run(uncond=uncond, scale=1.0), plain, atol=1e-5, rtol=1e-5)

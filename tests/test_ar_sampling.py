@@ -8,6 +8,7 @@ import torch
 from test_ar import PRESETS, PROMPTS, build_model, random_latents, single_thread  # noqa: F401 (autouse)
 from vgt.ar.model import tokens_of
 from vgt.ar.sampling import image_generator, sample_latents, teacher_forced_conditions
+from vgt.config import SampleConfig
 
 TOL = dict(atol=1e-5, rtol=1e-5)  # README policy: fp32 CPU, different batch shapes / kernels
 
@@ -21,10 +22,14 @@ def orders_for(n: int, seed: int = 0) -> torch.Tensor:
     return torch.stack([torch.randperm(16, generator=torch.Generator().manual_seed(seed + i)) for i in range(n)])
 
 
-def sample(model, prompts=PROMPTS, seeds=None, **kw):
+# The settings these tests sample with unless they say otherwise (the sampler itself has none).
+BASE = SampleConfig(guidance_scale=3.0, num_steps=3)
+
+
+def sample(model, prompts=PROMPTS, seeds=None, use_cache=True, stats=None, **kw):
     seeds = range(len(prompts)) if seeds is None else seeds
-    kw = {"grid": (4, 4), "num_steps": 3, "guidance_scale": 3.0, **kw}
-    return sample_latents(model, prompts, [image_generator(7, i) for i in seeds], **kw)
+    return sample_latents(model, prompts, [image_generator(7, i) for i in seeds], (4, 4),
+                          **BASE.resolve(**kw).as_kwargs(), use_cache=use_cache, stats=stats)
 
 
 @pytest.mark.parametrize("feed_mode", ["pairs", "parity"])
@@ -92,7 +97,7 @@ def test_prompt_alone_and_inside_a_batch_agree(model):
 
 
 def test_raster_order_ode_and_constant_schedule_run_deterministically(model):
-    kw = dict(order="raster", method="ode", cfg_schedule="constant", parallel_tokens=4)
+    kw = dict(order="raster", sampler="ode", cfg_schedule="constant", parallel_tokens=4)
     a = sample(model, **kw)
     assert torch.equal(a, sample(model, **kw))
     assert torch.allclose(a.pow(2).mean(1), torch.ones(3, 4, 4), atol=1e-4)  # LayerNorm-ed per token
@@ -105,7 +110,44 @@ def test_bad_sampler_arguments_are_clear_errors():
     with pytest.raises(ValueError, match="feed mode"):
         sample(model, feed_mode="both")
     with pytest.raises(ValueError, match="generators"):
-        sample_latents(model, PROMPTS, [image_generator(0, 0)], (4, 4))
+        sample_latents(model, PROMPTS, [image_generator(0, 0)], (4, 4), **BASE.as_kwargs())
+
+
+def test_resolve_fills_every_unset_setting_from_the_config_and_keeps_explicit_ones():
+    folder = SampleConfig(guidance_scale=2.5, cfg_schedule="constant", num_steps=7, parallel_tokens=9,
+                          order="raster", sampler="ode", feed_mode="parity")
+    names = list(folder.as_kwargs())
+    assert folder.resolve() == folder and folder.resolve() is not folder
+    assert folder.resolve(**dict.fromkeys(names)) == folder  # None everywhere: all from the config
+    explicit = dict(guidance_scale=1.0, cfg_schedule="linear", num_steps=2, parallel_tokens=3, order="random",
+                    sampler="sde", feed_mode="pairs")
+    assert set(explicit) == set(names)  # the test covers every setting
+    assert folder.resolve(**explicit).as_kwargs() == explicit
+    for name in names:  # one explicit value, the rest from the config
+        assert folder.resolve(**{name: explicit[name]}).as_kwargs() == {**folder.as_kwargs(), name: explicit[name]}
+    assert folder.resolve(num_tokens=4).parallel_tokens == 4  # capped at the latent tokens
+    assert folder.resolve(num_tokens=16, parallel_tokens=20).parallel_tokens == 16
+    assert folder.resolve(num_tokens=16).parallel_tokens == 9
+    assert folder.num_steps == 7 and folder.parallel_tokens == 9  # resolve never changes the config
+    with pytest.raises(TypeError, match="guidance"):
+        folder.resolve(guidance=3.0)
+
+
+def test_the_sampler_has_no_defaults_of_its_own():
+    import inspect
+
+    model = build_model("tiny")
+    params = inspect.signature(sample_latents).parameters
+    for name in SampleConfig().as_kwargs():
+        assert params[name].default is inspect.Parameter.empty, name
+    for name in ("parallel_tokens", "feed_mode"):
+        assert inspect.signature(teacher_forced_conditions).parameters[name].default is inspect.Parameter.empty
+    gens = [image_generator(0, i) for i in range(3)]
+    with pytest.raises(TypeError, match="missing"):
+        sample_latents(model, PROMPTS, gens, (4, 4))
+    for name in SampleConfig().as_kwargs():  # each setting left unset (None) is refused by name
+        with pytest.raises(TypeError, match=name):
+            sample_latents(model, PROMPTS, gens, (4, 4), **{**BASE.as_kwargs(), name: None})
 
 
 CAPTIONS = ["a red apple", "a small dog", "two cats on a sofa", "a lighthouse at sunset"]
@@ -135,8 +177,8 @@ def test_overfitting_a_few_pairs_learns_them(preset):
         opt.step()
     model.eval()
     assert eval_loss() < 0.25 * start
-    z = sample_latents(model, CAPTIONS, [image_generator(0, i) for i in range(4)], (4, 4), guidance_scale=1.0,
-                       num_steps=8, parallel_tokens=1)
+    z = sample_latents(model, CAPTIONS, [image_generator(0, i) for i in range(4)], (4, 4),
+                       **SampleConfig(guidance_scale=1.0, num_steps=8, parallel_tokens=1).as_kwargs())
     dist = torch.cdist(z.flatten(1), targets.flatten(1))
     assert torch.equal(dist.argmin(1), torch.arange(4))
     shuffled = torch.tensor([1, 2, 3, 0])

@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from vgt import io as vio
 from vgt.artifacts import FORMAT_VERSION, ArtifactError
 from vgt.ar.prompts import TOKENIZER_DIR, load_tokenizer_folder
-from vgt.config import VGTConfig, from_dict, to_dict
+from vgt.config import SampleConfig, VGTConfig, from_dict, to_dict
 
 INDEX_FILE = "model_index.json"
 COMPONENTS = {"tokenizer": TOKENIZER_DIR, "ar": "ar", "ae": "ae"}
@@ -82,28 +82,38 @@ class VGTPipeline:
         return self.autoencoder.stride
 
     def __call__(self, prompt: str | list[str], num_images_per_prompt: int = 1, height: int | None = None,
-                 width: int | None = None, guidance_scale: float = 4.5, num_steps: int | None = None,
-                 parallel_tokens: int = 16, order: str = "random", seed: int | None = None, **sampler):
+                 width: int | None = None, guidance_scale: float | None = None, num_steps: int | None = None,
+                 parallel_tokens: int | None = None, order: str | None = None, seed: int | None = None,
+                 **options):
         """Prompts -> PIL images (prompt-major, `num_images_per_prompt` each).
 
         height/width default to the preset resolution; the latent grid is (height // 28, width // 28)
         and the decoded image is resized to exactly (height, width) if needed (as the reference).
-        `parallel_tokens` is capped at the number of latent tokens. Extra keywords (cfg_schedule,
-        sampler, feed_mode, progress) go to `sample_latents`.
+        Every sampling setting left as None (guidance_scale, num_steps, parallel_tokens, order and the
+        keywords cfg_schedule, sampler, feed_mode) comes from this folder's `config.sample`, as in
+        `vgt generate`, `vgt eval` and `vgt serve`. `parallel_tokens` is capped at the number of
+        latent tokens. Other keywords (generators, progress) go to `sample_latents`.
         """
         height, width = self.image_size(height, width)
         latents = self.sample_latents(prompt, num_images_per_prompt, height, width, guidance_scale, num_steps,
-                                      parallel_tokens, order, seed, **sampler)
+                                      parallel_tokens, order, seed, **options)
         return self.decode(latents, size=(height, width))
 
+    def sampling(self, height: int | None = None, width: int | None = None, **overrides) -> SampleConfig:
+        """The settings a call with these arguments samples with: `config.sample` with every override
+        that is not None applied, parallel_tokens capped at the latent token count."""
+        height, width = self.image_size(height, width)
+        return self.config.sample.resolve(num_tokens=(height // self.stride) * (width // self.stride), **overrides)
+
     def sample_latents(self, prompt: str | list[str], num_images_per_prompt: int = 1, height: int | None = None,
-                       width: int | None = None, guidance_scale: float = 4.5, num_steps: int | None = None,
-                       parallel_tokens: int = 16, order: str = "random", seed: int | None = None,
+                       width: int | None = None, guidance_scale: float | None = None, num_steps: int | None = None,
+                       parallel_tokens: int | None = None, order: str | None = None, seed: int | None = None,
                        generators: list[torch.Generator] | None = None, cfg_schedule: str | None = None,
                        sampler: str | None = None, feed_mode: str | None = None,
                        progress=None) -> torch.Tensor:
         """Normalised latents [N, C, h, w] (fp32). Image i (prompt-major) draws its order and noise from
-        `image_generator(seed, i)` unless `generators` (one per image) are given."""
+        `image_generator(seed, i)` unless `generators` (one per image) are given. Sampling settings
+        left as None come from `config.sample` (see `__call__`)."""
         from vgt.ar.sampling import image_generator, sample_latents
 
         prompts = [p for p in _prompt_list(prompt) for _ in range(num_images_per_prompt)]
@@ -111,14 +121,12 @@ class VGTPipeline:
             seed = secrets.randbits(62) if seed is None else seed
             generators = [image_generator(seed, i) for i in range(len(prompts))]
         height, width = self.image_size(height, width)
-        grid = (height // self.stride, width // self.stride)
-        s = self.config.sample
+        settings = self.sampling(height, width, guidance_scale=guidance_scale, num_steps=num_steps,
+                                 parallel_tokens=parallel_tokens, order=order, cfg_schedule=cfg_schedule,
+                                 sampler=sampler, feed_mode=feed_mode)
         with torch.no_grad():
-            return sample_latents(
-                self.model, prompts, generators, grid, guidance_scale=guidance_scale,
-                cfg_schedule=cfg_schedule or s.cfg_schedule, num_steps=num_steps or s.num_steps,
-                parallel_tokens=min(parallel_tokens, grid[0] * grid[1]), order=order,
-                method=sampler or s.sampler, feed_mode=feed_mode or s.feed_mode, progress=progress)
+            return sample_latents(self.model, prompts, generators, (height // self.stride, width // self.stride),
+                                  **settings.as_kwargs(), progress=progress)
 
     def decode(self, latents: torch.Tensor, size: tuple[int, int] | None = None) -> list:
         """Latents [N, C, h, w] -> PIL images (resized to `size` = (height, width) when given)."""

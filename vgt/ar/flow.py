@@ -71,8 +71,8 @@ def guidance_at(schedule: str, scale: float, group: int, num_groups: int) -> flo
     raise ValueError(f"unknown cfg schedule {schedule!r}; expected 'linear' or 'constant'")
 
 
-def sample_tokens(head, cond: torch.Tensor, noise: Callable[[], torch.Tensor], num_steps: int = 30,
-                  method: str = "sde", uncond: torch.Tensor | None = None, scale: float = 1.0) -> torch.Tensor:
+def sample_tokens(head, cond: torch.Tensor, noise: Callable[[], torch.Tensor], num_steps: int,
+                  method: str, uncond: torch.Tensor | None = None, scale: float = 1.0) -> torch.Tensor:
     """Draw one latent per condition row: cond [N, D] -> x [N, C] (fp32).
 
     `noise()` returns a fresh [N, C] standard normal each call (the caller derives it from per-image

@@ -7,7 +7,7 @@ its channels, and the latents are fed back before the next group's queries.
 
 Feed modes (what enters the LLM; P = group size, n_{g-1} = size of the previous group):
 
-* "pairs" (default): the context always equals the training layout `... q e q e ...` with
+* "pairs" (the presets'): the context always equals the training layout `... q e q e ...` with
   training positions. A group's queries are evaluated at the positions they will hold in that
   layout (`p, p+2, ...`); afterwards the P-1 queries after the first are cropped from the cache
   (they were computed without their group's latents) and `e_0, q_1, e_1, ..., q_{P-1}, e_{P-1}` are
@@ -91,7 +91,7 @@ class Rollout:
     """Drives the LLM through the groups: `conditions()` for the current group, then `advance(latents)`."""
 
     def __init__(self, model, embeds: torch.Tensor, mask: torch.Tensor, grid: tuple[int, int],
-                 orders: torch.Tensor, sizes: list[int], feed_mode: str = "pairs", use_cache: bool = True,
+                 orders: torch.Tensor, sizes: list[int], feed_mode: str, use_cache: bool = True,
                  timed: bool = False):
         if feed_mode not in FEED_MODES:
             raise ValueError(f"unknown feed mode {feed_mode!r}; expected one of {FEED_MODES}")
@@ -135,16 +135,19 @@ class Rollout:
         self.group, self.start = self.group + 1, self.start + size
 
 
-def sample_latents(model, prompts: list[str], generators: list[torch.Generator], grid: tuple[int, int],
-                   guidance_scale: float = 4.5, cfg_schedule: str = "linear", num_steps: int = 30,
-                   parallel_tokens: int = 16, order: str = "random", method: str = "sde",
-                   feed_mode: str = "pairs", use_cache: bool = True,
+def sample_latents(model, prompts: list[str], generators: list[torch.Generator], grid: tuple[int, int], *,
+                   guidance_scale: float, cfg_schedule: str, num_steps: int, parallel_tokens: int, order: str,
+                   sampler: str, feed_mode: str, use_cache: bool = True,
                    progress: Callable[[int, int], None] | None = None, stats: dict | None = None) -> torch.Tensor:
     """Captions -> normalised latents [N, C, h, w] (fp32), one generator per caption.
 
+    Every sampling setting is required (no defaults here): callers resolve them against a pipeline
+    folder's `config.sample` with `SampleConfig.resolve(...)` and pass `.as_kwargs()`.
     `guidance_scale == 1` runs without the unconditional rows. `stats`, when given, receives
     llm_forwards, llm_tokens (per row), llm_seconds and head_seconds.
     """
+    _require(guidance_scale=guidance_scale, cfg_schedule=cfg_schedule, num_steps=num_steps,
+             parallel_tokens=parallel_tokens, order=order, sampler=sampler, feed_mode=feed_mode)
     if len(prompts) != len(generators):
         raise ValueError(f"{len(prompts)} prompts but {len(generators)} generators (one per image)")
     h, w = grid
@@ -162,7 +165,7 @@ def sample_latents(model, prompts: list[str], generators: list[torch.Generator],
             cond = roll.conditions().flatten(0, 1)  # [R*P, D], image-major
             start = _clock(stats is not None, cond)
             z = sample_tokens(model.head, cond[:n * size], _noise(generators, size, model.latent_dim, cond),
-                              num_steps, method, cond[n * size:] if guided else None,
+                              num_steps, sampler, cond[n * size:] if guided else None,
                               guidance_at(cfg_schedule, guidance_scale, g, len(sizes)))
             z = normalize_latents(z).view(n, size, -1)
             head_seconds += _clock(stats is not None, z) - start
@@ -179,10 +182,10 @@ def sample_latents(model, prompts: list[str], generators: list[torch.Generator],
 
 
 def teacher_forced_conditions(model, prompts: list[str], latents: torch.Tensor, orders: torch.Tensor,
-                              parallel_tokens: int = 1, feed_mode: str = "pairs",
-                              use_cache: bool = True) -> torch.Tensor:
+                              parallel_tokens: int, feed_mode: str, use_cache: bool = True) -> torch.Tensor:
     """The conditions [N, L, D] (raster order) the sampler computes when fed the given latents
     [N, C, h, w] in `orders` [N, L] instead of sampled ones (for checks against training)."""
+    _require(parallel_tokens=parallel_tokens, feed_mode=feed_mode)
     h, w = latents.shape[-2:]
     sizes = group_sizes(h * w, parallel_tokens)
     tokens = latents.flatten(2).transpose(1, 2).to(model.device)
@@ -196,6 +199,14 @@ def teacher_forced_conditions(model, prompts: list[str], latents: torch.Tensor, 
     cond = torch.cat(out, 1)
     idx = orders.to(cond.device)[..., None].expand_as(cond)
     return torch.zeros_like(cond).scatter(1, idx, cond)
+
+
+def _require(**settings) -> None:
+    """The sampler has no hidden defaults: a setting left as None is an error, not a fallback."""
+    missing = [name for name, value in settings.items() if value is None]
+    if missing:
+        raise TypeError(f"sampling setting(s) {missing} missing: resolve them against the pipeline's "
+                        "config.sample (SampleConfig.resolve) and pass every one")
 
 
 def _noise(generators, size: int, channels: int, like: torch.Tensor) -> Callable[[], torch.Tensor]:
