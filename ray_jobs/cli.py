@@ -13,6 +13,7 @@ import sys
 # name -> (module under ray_jobs, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "info": ("info", "list presets with parameter counts and training memory estimates"),
+    "config": ("config", "print a preset's resolved config: every key, its value and its meaning"),
     "convert": ("convert", "convert reference (hustvl/VGT) checkpoints into vgt folders"),
     "init": ("init", "write a random-weight pipeline folder for a preset"),
     "generate": ("generate", "generate images from prompts with a pipeline folder"),

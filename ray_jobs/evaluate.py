@@ -10,7 +10,9 @@ conventions with --convention reference: squash resize, 256/448 bilinear downsam
 range 2) and a Fréchet distance on EfficientNet-Lite0 features (a proxy, NOT FID).
 shapes: the fixed held-out shapes prompts, scored by a deterministic detector (colour, count,
 shape, position, two-object; GenEval-style overall); --model is a pipeline folder (Ray Data) or a
-`vgt serve` URL (one HTTP request per image).
+`vgt serve` URL (one HTTP request per image). Both sample with the model's config.sample unless
+told otherwise, and image k of prompt i uses seed + i * n + k, so a folder and its endpoint give the
+same images.
 All generation runs as Ray Data batch inference (RAY_ADDRESS or a local cluster).
 """
 from __future__ import annotations

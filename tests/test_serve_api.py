@@ -9,9 +9,10 @@ import pytest
 from pipelines.serve.api import ApiError, ImageRequest, Limits, ModelInfo, SampleJob, parse_body, to_job
 from pipelines.serve.config import app_of, load_config, url_of, with_overrides
 from pipelines.serve.workers import group_jobs, split
+from vgt.config import SampleConfig
 
-INFO = ModelInfo(id="tiny", native_size=(112, 112), stride=28, max_grid=64, guidance_scale=4.5, num_steps=30,
-                 parallel_tokens=16, min_num_steps=2)
+INFO = ModelInfo(id="tiny", native_size=(112, 112), stride=28, max_grid=64,
+                 sample=SampleConfig(guidance_scale=3.5, num_steps=30, parallel_tokens=32, sampler="sde"))
 
 
 def job_of(body: dict, limits: Limits = Limits()) -> SampleJob:
@@ -28,7 +29,8 @@ def refused(body, limits: Limits = Limits()) -> ApiError:
 def test_defaults_come_from_the_model_and_a_seed_is_drawn():
     job = job_of({"prompt": "  a red cube  "})
     assert (job.prompt, job.n, job.width, job.height, job.grid) == ("a red cube", 1, 112, 112, (4, 4))
-    assert (job.guidance_scale, job.num_steps, job.parallel_tokens, job.output_format) == (4.5, 30, 16, "png")
+    # config.sample's values; its parallel_tokens (32) capped at the 16 latent tokens
+    assert (job.guidance_scale, job.num_steps, job.parallel_tokens, job.output_format) == (3.5, 30, 16, "png")
     assert 0 <= job.seed < 2**31
     explicit = job_of({"prompt": "x", "n": 2, "size": "112x112", "seed": 7, "guidance_scale": 1,
                        "num_steps": 3, "parallel_tokens": 4, "output_format": "webp", "model": "tiny",

@@ -33,13 +33,16 @@ def build(preset: str, overrides: list[str] | None = None, device: str = "cpu", 
 
 def measure(model, grid, images: int, parallel: int, mode: str, num_steps: int, repeats: int) -> dict:
     from vgt.ar.sampling import image_generator, sample_latents
+    from vgt.config import SampleConfig
 
     prompts = [f"a photo of object number {i} on a table" for i in range(images)]
     stats: dict = {}
+    # the reference recipe (vgt.config defaults: CFG 4.5, linear, random order, SDE) with this case's knobs
+    settings = SampleConfig().resolve(num_steps=num_steps, parallel_tokens=parallel, feed_mode=mode)
 
     def once():
-        sample_latents(model, prompts, [image_generator(0, i) for i in range(images)], grid, guidance_scale=4.5,
-                       num_steps=num_steps, parallel_tokens=parallel, feed_mode=mode, stats=stats)
+        sample_latents(model, prompts, [image_generator(0, i) for i in range(images)], grid,
+                       **settings.as_kwargs(), stats=stats)
 
     wall = timeit(once, repeats=repeats, warmup=1)
     busy = stats["llm_seconds"] + stats["head_seconds"]

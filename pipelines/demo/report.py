@@ -125,7 +125,9 @@ th,td{{border:1px solid #ccc;padding:4px 8px;text-align:left}} img{{margin:2px;b
 img.ok{{border-color:#3a3}} img.bad{{border-color:#c33}}</style></head><body>
 <h1>vgt demo: preset <code>{html.escape(cfg.name)}</code> on synthetic shapes</h1>
 <p>Held-out attribute combinations only (never in training); {shapes['n_images']} images from
-{http.get('requests', '?')} HTTP requests to the Serve app, CFG {shapes['sample'].get('guidance_scale')}.
+{http.get('requests', '?')} HTTP requests to the Serve app, sampled with the model's config.sample
+(CFG {shapes['sample'].get('guidance_scale', cfg.sample.guidance_scale)}, {cfg.sample.num_steps} steps,
+{cfg.sample.parallel_tokens} tokens per LLM step).
 Scores by the deterministic shapes detector; the AE ceiling scores the autoencoder's own
 reconstructions of held-out ground-truth renders.</p>
 <h2>Shapes scores</h2><table><tr><th>task</th><th>generated</th><th>AE ceiling</th></tr>{score_rows}</table>

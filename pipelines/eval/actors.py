@@ -2,9 +2,11 @@
 generation for the shapes benchmark and the GenEval / DPG-Bench folder layouts.
 
 Reconstruction: an actor pool, each actor holding the AE (+ the feature network); one prepared
-part per call. Generation: one row per image (prompt index, sample index, seed index), so every
-image draws from its own generator (`image_generator(seed, image id)`) and the pictures do not
-depend on how Ray batches rows; the driver receives PNG bytes and writes the layouts.
+part per call. Generation: one row per image (prompt index, sample index, image id), so every
+image draws from its own generator, `image_generator(seed + image id, 0)`: exactly what a `vgt serve`
+request with that seed and n=1 uses (pipelines.eval.http), so a folder and its endpoint give the same
+images. The pictures do not depend on how Ray batches rows; the driver receives PNG bytes and
+writes the layouts. Sampling settings not given come from the folder's config.sample.
 """
 from __future__ import annotations
 
@@ -110,7 +112,8 @@ class GenerateActor:
 
         ids = [int(i) for i in batch["image_id"]]
         latents = self.pipe.sample_latents([str(p) for p in batch["prompt"]], 1,
-                                           generators=[image_generator(self.seed, i) for i in ids], **self.sample)
+                                           generators=[image_generator(self.seed + i, 0) for i in ids],
+                                           **self.sample)
         pngs = []
         for image in self.pipe.decode(latents):
             buf = io.BytesIO()
@@ -124,8 +127,9 @@ def generate(model: str, prompts: list[str], n: int, seed: int = 0, sample: dict
              num_gpus: float | None = None) -> Iterator[tuple[int, int, bytes]]:
     """(prompt index, sample index, PNG bytes) for `n` images of every prompt, as they finish.
 
-    `sample`: VGTPipeline.sample_latents keywords (guidance_scale, num_steps, parallel_tokens, ...).
-    Image k of prompt i has image id i * n + k: its pixels depend only on (model, seed, id).
+    `sample`: VGTPipeline.sample_latents keywords (guidance_scale, num_steps, parallel_tokens, ...);
+    those left out come from the folder's config.sample. Image k of prompt i has image id i * n + k
+    and uses seed + id (as `fetch_images` asks an endpoint): its pixels depend only on (model, seed + id).
     """
     ray = _ray()
     rows = [{"prompt_index": i, "sample": k, "image_id": i * n + k, "prompt": p}

@@ -1,6 +1,7 @@
 """The HTTP contract of `vgt serve`: OpenAI Images API request schema, limits, errors.
 
 Pure Python (no Ray, no torch), so every validation rule is unit-tested without a cluster.
+Sampling settings a request leaves out come from the served folder's `config.sample`.
 
 Status codes (never a 500 for a client mistake):
 * 400 `invalid_request_error`: malformed JSON, a body that is not an object, an unknown
@@ -20,6 +21,8 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, ValidationError
+
+from vgt.config import SampleConfig
 
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 MAX_SEED = 2**63 - 1
@@ -93,11 +96,13 @@ class ModelInfo:
     native_size: tuple[int, int]  # (width, height)
     stride: int  # pixels per latent token side
     max_grid: int  # largest latent grid side the position queries cover
-    guidance_scale: float
-    num_steps: int
-    parallel_tokens: int
-    min_num_steps: int = 1  # the SDE sampler needs 2 (its last step is noise-free), the ODE 1
+    sample: SampleConfig  # the folder's config.sample: the defaults of every request
     fingerprints: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def min_num_steps(self) -> int:
+        """The SDE sampler needs 2 steps (its last one is noise-free), the ODE 1."""
+        return 2 if self.sample.sampler == "sde" else 1
 
     def allowed_sizes(self, limits: Limits) -> list[str]:
         return list(limits.sizes) if limits.sizes else [f"{self.native_size[0]}x{self.native_size[1]}"]
@@ -155,7 +160,8 @@ def parse_body(raw: bytes) -> ImageRequest:
 
 
 def to_job(req: ImageRequest, limits: Limits, info: ModelInfo, request_id: str = "") -> SampleJob:
-    """Check values against the limits and the model; fill defaults; draw a seed when none is given."""
+    """Check values against the limits and the model; fill the sampling settings not given from the
+    model's config.sample (`SampleConfig.resolve`); draw a seed when none is given."""
     prompt = req.prompt.strip()
     if not prompt:
         raise ApiError(400, "prompt must not be empty", "prompt")
@@ -179,13 +185,15 @@ def to_job(req: ImageRequest, limits: Limits, info: ModelInfo, request_id: str =
     width, height = parse_size(size)
     grid = (height // info.stride, width // info.stride)
     tokens = grid[0] * grid[1]
+    if req.parallel_tokens is not None:  # explicit values are checked; the default is capped
+        _in_range("parallel_tokens", req.parallel_tokens, 1, tokens)
+    settings = info.sample.resolve(num_tokens=tokens, guidance_scale=req.guidance_scale, num_steps=req.num_steps,
+                                   parallel_tokens=req.parallel_tokens)
     job = SampleJob(
         prompt=prompt, n=req.n, width=width, height=height, grid=grid, output_format=req.output_format,
         seed=secrets.randbelow(2**31) if req.seed is None else req.seed,
-        guidance_scale=info.guidance_scale if req.guidance_scale is None else req.guidance_scale,
-        num_steps=info.num_steps if req.num_steps is None else req.num_steps,
-        parallel_tokens=min(info.parallel_tokens, tokens) if req.parallel_tokens is None else req.parallel_tokens,
-        request_id=request_id)
+        guidance_scale=settings.guidance_scale, num_steps=settings.num_steps,
+        parallel_tokens=settings.parallel_tokens, request_id=request_id)
     _in_range("seed", job.seed, 0, MAX_SEED)
     _in_range("guidance_scale", job.guidance_scale, limits.min_guidance_scale, limits.max_guidance_scale)
     _in_range("num_steps", job.num_steps, info.min_num_steps, limits.max_num_steps)

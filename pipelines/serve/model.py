@@ -63,21 +63,22 @@ class SamplerModel:
         check_fingerprint(uri, index, "ar", model.fingerprint)
         self.device, dtype = device_and_dtype()
         self.model = model.to(self.device, dtype).eval()
-        s = self.config.sample
         self.info = ModelInfo(
             id=model_name, native_size=(self.config.data.resolution,) * 2, stride=STRIDE,
-            max_grid=model.config.max_grid, guidance_scale=s.guidance_scale, num_steps=s.num_steps,
-            parallel_tokens=s.parallel_tokens, min_num_steps=2 if s.sampler == "sde" else 1,
-            fingerprints={"ar": model.fingerprint})
+            max_grid=model.config.max_grid, sample=self.config.sample, fingerprints={"ar": model.fingerprint})
         log.info("sampler: loaded %s (ar %s) on %s in %.1fs", uri, model.fingerprint, self.device,
                  time.perf_counter() - start)
 
     def sample(self, jobs: list[SampleJob], stop: Callable[[], bool]) -> np.ndarray:
         """Latents [sum n, C, h, w] (fp32) for jobs of equal settings; raises Cancelled once `stop()`.
-        Image i of a job uses `image_generator(seed, i)`, as `VGTPipeline(..., seed=seed)` does."""
+        Image i of a job uses `image_generator(seed, i)`, as `VGTPipeline(..., seed=seed)` does; the
+        settings a job does not carry come from the folder's config.sample, as in VGTPipeline."""
         from vgt.ar.sampling import image_generator, sample_latents
 
-        first, s = jobs[0], self.config.sample
+        first = jobs[0]
+        settings = self.config.sample.resolve(num_tokens=first.grid[0] * first.grid[1],
+                                              guidance_scale=first.guidance_scale, num_steps=first.num_steps,
+                                              parallel_tokens=first.parallel_tokens)
 
         def progress(done: int, total: int) -> None:
             if stop():
@@ -85,9 +86,7 @@ class SamplerModel:
 
         latents = sample_latents(
             self.model, [j.prompt for j in jobs for _ in range(j.n)],
-            [image_generator(j.seed, i) for j in jobs for i in range(j.n)], first.grid,
-            guidance_scale=first.guidance_scale, cfg_schedule=s.cfg_schedule, num_steps=first.num_steps,
-            parallel_tokens=first.parallel_tokens, order=s.order, method=s.sampler, feed_mode=s.feed_mode,
+            [image_generator(j.seed, i) for j in jobs for i in range(j.n)], first.grid, **settings.as_kwargs(),
             progress=progress)
         return latents.float().cpu().numpy()
 
