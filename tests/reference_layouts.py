@@ -25,7 +25,7 @@ def reference_ae_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tenso
 
 
 def reference_ar_layout(state: dict[str, torch.Tensor], family: str) -> dict[str, torch.Tensor]:
-    """A VGTModel state dict in the reference's AR names (spec §6)."""
+    """A VGTModel state dict in the reference's AR names (docs/reference.md §3.3)."""
     llm = "lmm.language_model.model." if family == "internvl" else "lmm.model.language_model."
     renames = [("llm.model.", llm), ("queries.query_map", "adaptive_metaquery.max_metaquery"),
                ("queries.pos_map", "adaptive_metaquery.pos_encoding.grid_embed"),

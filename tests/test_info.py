@@ -11,7 +11,7 @@ def test_info_reports_meta_counts_and_memory(capsys):
     assert rows["tiny"]["ae_params"] == count_parameters(get_preset("tiny"))["ae"]
     real = rows["internvl3-1b"]
     assert real["px"] == 448 and real["family"] == "internvl"
-    # Qwen2.5-0.5B with InternVL3's vocabulary: ~0.49B (model card); the flow head ~150M (spec §2.5)
+    # Qwen2.5-0.5B with InternVL3's vocabulary: ~0.49B (model card); the flow head ~150M (docs/reference.md §2.5)
     assert 0.48e9 < real["ar_llm_params"] < 0.50e9 and 0.14e9 < real["ar_head_params"] < 0.16e9
     # bf16 weights + fp32 AdamW: 16 bytes per trainable parameter, 2 per frozen (the AE)
     expected = (16 * real["ar_params"] + 2 * real["ae_params"]) / 2**30

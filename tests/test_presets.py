@@ -44,17 +44,17 @@ def test_real_presets_follow_the_reference():
         assert cfg.ae.decoder.pretrained == "mit-han-lab/dc-ae-f32c32-sana-1.1-diffusers"
         assert cfg.ae.decoder.dc_config["latent_channels"] == cfg.ae.latent_channels == 32
         assert cfg.ar.llm_num_layers is None
-    # one AE (InternVL3-1B vision + projector) serves both InternVL AR models (spec §1.1)
+    # one AE (InternVL3-1B vision + projector) serves both InternVL AR models (docs/reference.md §1.1)
     assert one.ae.backbone == two.ae.backbone
     assert one.ae.backbone.pretrained == one.ar.backbone.pretrained == "OpenGVLab/InternVL3-1B-hf"
     assert two.ar.backbone.pretrained == "OpenGVLab/InternVL3-2B-hf"
     assert qwen.ae.backbone.pretrained == qwen.ar.backbone.pretrained == "Qwen/Qwen2.5-VL-3B-Instruct"
     assert (one.ar.head.timeshift, two.ar.head.timeshift, qwen.ar.head.timeshift) == (1.4, 1.4, None)
-    # LLM width x depth of spec §2.1: 896 x 24, 1536 x 28, 2048 x 36
+    # LLM width x depth of docs/reference.md §2.1: 896 x 24, 1536 x 28, 2048 x 36
     shapes = [(c.ar.backbone.hf_config["text_config"]["hidden_size"],
                c.ar.backbone.hf_config["text_config"]["num_hidden_layers"]) for c in (one, two, qwen)]
     assert shapes == [(896, 24), (1536, 28), (2048, 36)]
-    # AE recipe (spec §1.5) and AR recipe (spec §3.4) come from the config defaults
+    # AE recipe (docs/reference.md §1.5) and AR recipe (docs/reference.md §3.2) come from the config defaults
     assert (one.train.ae_stage1.lr, one.train.ae_stage2.noise_gamma, one.train.ar_pretrain.lr) == (3e-4, 0.1, 3e-4)
 
 

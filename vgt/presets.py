@@ -3,7 +3,7 @@
 `tiny` / `tiny-qwen`: random tiny VLMs (vgt.backbones.tiny_configs), 112 px, a 4x4 latent grid,
 a few-step schedule; CPU seconds end to end, no files, no network. The real presets carry the real
 architecture numbers of the pretrained models they load (vgt.backbones.real_configs) and the
-reference recipe (spec §1.5, §3.4: the defaults in vgt.config).
+reference recipe (docs/reference.md §1.5, §3.2: the defaults in vgt.config).
 """
 from __future__ import annotations
 
@@ -90,9 +90,9 @@ def _hub_backbone(key: str) -> BackboneConfig:
 
 
 def _real(name: str, ae_vlm: str, ar_vlm: str, timeshift: float | None) -> VGTConfig:
-    """Reference recipe (spec §1.5 / §3.4 values are the vgt.config defaults) at 448 px: AE on
+    """Reference recipe (docs/reference.md §1.5 / §3.2 values are the vgt.config defaults) at 448 px: AE on
     `ae_vlm`'s vision tower + projector with the DC-AE SANA decoder, AR on `ar_vlm`'s whole LLM,
-    flow head width 1536 x 12 blocks (spec §2.1)."""
+    flow head width 1536 x 12 blocks (docs/reference.md §2.1)."""
     return VGTConfig(
         name=name,
         ae=AEConfig(backbone=_hub_backbone(ae_vlm),
@@ -108,9 +108,9 @@ _PRESETS: dict[str, Callable[[], VGTConfig]] = {
     "demo": _demo,
     # VGT-InternVL3 "0.6B": AE and AR both on InternVL3-1B
     "internvl3-1b": lambda: _real("internvl3-1b", "internvl3-1b", "internvl3-1b", timeshift=1.4),
-    # VGT-InternVL3 "1.6B": the same InternVL3-1B-based AE; AR on InternVL3-2B's LLM (spec §1.1)
+    # VGT-InternVL3 "1.6B": the same InternVL3-1B-based AE; AR on InternVL3-2B's LLM (docs/reference.md §1.1)
     "internvl3-2b": lambda: _real("internvl3-2b", "internvl3-1b", "internvl3-2b", timeshift=1.4),
-    # VGT-Qwen2.5-VL: Qwen vision tower + merger AE, AR on its LLM, no timeshift (spec §2.1)
+    # VGT-Qwen2.5-VL: Qwen vision tower + merger AE, AR on its LLM, no timeshift (docs/reference.md §2.1)
     "qwen25vl-3b": lambda: _real("qwen25vl-3b", "qwen25vl-3b", "qwen25vl-3b", timeshift=None),
 }
 

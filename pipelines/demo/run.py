@@ -84,7 +84,7 @@ class Stages:
 def start_ray(temp_dir: str, num_cpus: int = 2) -> None:
     import ray
 
-    # Loopback only, no usage stats, fast Train health checks (environment notes §4).
+    # Loopback only, no usage stats, fast Train health checks (docs/environment.md §3.1).
     for key, value in {"RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0",
                        "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.2", "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0",
                        "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}.items():

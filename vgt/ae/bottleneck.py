@@ -1,4 +1,4 @@
-"""The VGT-AE bottleneck: projector features -> 32-channel latent grid (spec §1.2 steps 6-9).
+"""The VGT-AE bottleneck: projector features -> 32-channel latent grid (docs/reference.md §1.2 steps 6-9).
 
 Parameter names follow the reference checkpoint (`down_blocks.{i}.mlp.{0,1,3}`, `down_mlp.{0,1,3}`)
 so converted weights load without renaming.
@@ -9,7 +9,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-LATENT_LN_EPS = 1e-6  # per-token channel LayerNorm (also re-applied by the AR sampler, spec §1.7)
+LATENT_LN_EPS = 1e-6  # per-token channel LayerNorm (also re-applied by the AR sampler, docs/reference.md §1.7)
 
 
 class ResidualMLPBlock(nn.Module):

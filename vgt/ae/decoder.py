@@ -1,4 +1,4 @@
-"""The DC-AE pixel decoder (diffusers `AutoencoderDC`'s decoder half; spec §1.3).
+"""The DC-AE pixel decoder (diffusers `AutoencoderDC`'s decoder half; docs/reference.md §1.3).
 
 `dc_config` holds `AutoencoderDC` constructor kwargs, so a preset can paste a released
 `config.json`. Random decoders are built from the decoder kwargs alone: the encoder half of

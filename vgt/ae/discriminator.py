@@ -1,4 +1,4 @@
-"""The VGT-AE discriminator, its hinge loss and the LeCam regulariser (spec §1.6).
+"""The VGT-AE discriminator, its hinge loss and the LeCam regulariser (docs/reference.md §1.6).
 
 `NLayerDiscriminator` mirrors the reference (MaskGIT/TiTok style) layer for layer, including the
 state-dict layout (`block_in`, `blocks.{i}.{0,2}`, `to_logits.{0,2}`).
@@ -67,7 +67,7 @@ def hinge_d_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.
 class LeCamEMA(nn.Module):
     """EMAs of the batch-mean real/fake logits and the LeCam penalty against them.
 
-    Kept out of the discriminator so DDP never broadcasts these buffers from rank 0 (spec §7 item 18):
+    Kept out of the discriminator so DDP never broadcasts these buffers from rank 0 (docs/reference.md §6.3):
     the train loop all-reduces the batch means across ranks and passes them to `update`, so every
     rank holds the same, globally averaged EMAs.
     """

@@ -1,4 +1,4 @@
-"""VGT-AE training losses (spec §1.6): generator assembly and discriminator step, fp32 throughout.
+"""VGT-AE training losses (docs/reference.md §1.6): generator assembly and discriminator step, fp32 throughout.
 
 Generator:  mse_w*MSE(x,x̂) + distill_w*MSE(f_s,f_t) + lpips_w*LPIPS(x,x̂) + convnext_w*ConvNeXt(x,x̂)
             + gan_w*[step >= disc_start]*(-mean D(x̂))

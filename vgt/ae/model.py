@@ -1,4 +1,4 @@
-"""`VGTAutoencoder`: the inference-side VGT-AE (spec §1.2-1.3, §7 item 17).
+"""`VGTAutoencoder`: the inference-side VGT-AE (docs/reference.md §1.2-1.3, §6.2).
 
 pixels [B,3,H,W] in [-1,1] -> VLM vision tower + projector -> residual MLP bottleneck -> 32-channel
 latent grid [B,32,H//28,W//28] (per-token LayerNorm, train-time noise) -> DC-AE decoder -> bilinear

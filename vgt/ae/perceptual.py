@@ -1,4 +1,4 @@
-"""Perceptual loss: LPIPS-VGG16 + ConvNeXt-S logit MSE (spec §1.6), weights from local files.
+"""Perceptual loss: LPIPS-VGG16 + ConvNeXt-S logit MSE (docs/reference.md §1.6), weights from local files.
 
 Weight files are safetensors in torchvision's state-dict layout (`vgg16` features, `convnext_small`)
 plus the LPIPS linear heads (`lin{0..4}.model.1.weight`, the taming/lpips `vgg.pth` layout). The

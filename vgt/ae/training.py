@@ -1,7 +1,7 @@
-"""`AETrainingModule`: the trainable VGT-AE plus its frozen self-distillation teacher (spec §1.4).
+"""`AETrainingModule`: the trainable VGT-AE plus its frozen self-distillation teacher (docs/reference.md §1.4).
 
 The teacher (vision tower + projector) lives only here, never in `VGTAutoencoder`, so exported AE
-folders and AR-time memory carry no duplicate encoder (spec §7 item 17).
+folders and AR-time memory carry no duplicate encoder (docs/reference.md §6.2).
 """
 from __future__ import annotations
 
@@ -25,7 +25,7 @@ class AEForward:
 def apply_stage(ae: VGTAutoencoder, stage) -> None:
     """Copy a stage's latent switches (`AEStageConfig.encoder_norm`, `.noise_gamma`) into the AE config.
 
-    Stage 1 trains without the channel LayerNorm and without noise, stage 2 with both (spec §1.5);
+    Stage 1 trains without the channel LayerNorm and without noise, stage 2 with both (docs/reference.md §1.5);
     the exported config then records what the decoder was trained on.
     """
     ae.config.encoder_norm = stage.encoder_norm

@@ -1,6 +1,6 @@
 """Flow matching for the per-token head: timesteps, velocity loss, samplers, guidance schedules.
 
-Convention (spec §2.5): t = 0 is noise, t = 1 is data; `x_t = t x1 + (1 - t) eps`, the head
+Convention (docs/reference.md §2.5): t = 0 is noise, t = 1 is data; `x_t = t x1 + (1 - t) eps`, the head
 regresses the velocity `u = x1 - eps`. All randomness comes from explicit `torch.Generator`s,
 drawn on the CPU and moved to the tensors' device, so results do not depend on the device RNG.
 """

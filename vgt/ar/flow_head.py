@@ -1,4 +1,4 @@
-"""The per-token flow-matching head: an AdaLN residual MLP (spec §2.5, NextStep-1's SimpleMLPAdaLN).
+"""The per-token flow-matching head: an AdaLN residual MLP (docs/reference.md §2.5, NextStep-1's SimpleMLPAdaLN).
 
 Each latent token is denoised independently: `v = head(x_t, t, c)` with `x_t` the noisy token
 [N, 32], `t` its time [N] in [0, 1] (0 = noise, 1 = data) and `c` the LLM condition [N, D].

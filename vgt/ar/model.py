@@ -1,4 +1,4 @@
-"""`VGTModel`: the autoregressive generator (spec §2.1-2.4).
+"""`VGTModel`: the autoregressive generator (docs/reference.md §2.1-2.4).
 
 Backbone LLM (decoder stack, no LM head) + `in_proj` Linear(C->D) + `out_proj` Linear(D->D) +
 learned position queries + the per-token flow head. Training sequence per sample:

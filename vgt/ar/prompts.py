@@ -1,4 +1,4 @@
-"""Chat-template prompts for the generator (spec §2.3).
+"""Chat-template prompts for the generator (docs/reference.md §2.3).
 
 Captions become `ARConfig.prompt_template`; the unconditional (CFG) prompt is the literal
 `ARConfig.uncond_prompt` ("Generate an image."), not an empty string. Ids are right-padded and

@@ -1,6 +1,6 @@
 """Position queries and the token-order schedule.
 
-`PositionQueries` holds the reference's two learned max_grid x max_grid maps (spec §2.2): a query
+`PositionQueries` holds the reference's two learned max_grid x max_grid maps (docs/reference.md §2.2): a query
 map and a 2-D position map, both centre-cropped to the latent grid and flattened row-major. The
 query token of position k is `query_k + pos_k`; the latent token is `in_proj(z_k) + pos_k`.
 """

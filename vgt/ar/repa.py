@@ -1,7 +1,7 @@
 """REPA teachers: callables `(pixels [B,3,H,W] in [-1,1], (h, w)) -> features [B, h*w, dim]`.
 
 The model only needs such a callable (`VGTModel.attach_repa_teacher`) or precomputed
-`teacher_features`. The reference teacher is DINOv3 ViT-B/16 from timm (spec §2.6); timm is an
+`teacher_features`. The reference teacher is DINOv3 ViT-B/16 from timm (docs/reference.md §2.6); timm is an
 optional dependency (it pulls torchvision and a CUDA torch), so it is imported only when asked for.
 """
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Parallel autoregressive sampling with a KV cache (spec §2.7, with §7 items 9-11 fixed).
+"""Parallel autoregressive sampling with a KV cache (docs/reference.md §2.7, with the fixes of §6.6-6.8).
 
 The L latent tokens are generated in G = max(1, L // parallel_tokens) groups along a per-image
 order (random or raster). Per group: one LLM forward yields the group's conditions, the flow head

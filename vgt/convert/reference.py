@@ -1,4 +1,4 @@
-"""Reference (hustvl/VGT) AE checkpoints -> `VGTAutoencoder` folders (spec §1.9).
+"""Reference (hustvl/VGT) AE checkpoints -> `VGTAutoencoder` folders (docs/reference.md §1.8).
 
 The reference saves plain state dicts (`vgt_ae_internvl3.pth`, `vgt_ae_qwen25vl.pth`), possibly
 wrapped in {"state_dict": ...} or {"model": ...}. Its InternVL encoder uses the original InternViT

@@ -1,4 +1,4 @@
-"""Reference (hustvl/VGT) AR checkpoints -> `VGTPipeline` folders (spec §3.5, §6).
+"""Reference (hustvl/VGT) AR checkpoints -> `VGTPipeline` folders (docs/reference.md §3.3).
 
 The reference trains with mmengine: `iter_N.pth` holds `state_dict` and `ema_state_dict`, keys
 prefixed `module.`. Its EMA hook swaps the two before saving, so `state_dict` carries the EMA

@@ -1,4 +1,4 @@
-"""Folder layouts that the official benchmark scorers read (spec §4.2).
+"""Folder layouts that the official benchmark scorers read (docs/reference.md §4.1).
 
 GenEval (djghosh13/geneval `evaluation/evaluate_images.py`): for prompt line i of
 `evaluation_metadata.jsonl`,

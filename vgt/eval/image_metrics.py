@@ -1,4 +1,4 @@
-"""PSNR and SSIM per image, in two conventions (spec §4.3, §7 item 16).
+"""PSNR and SSIM per image, in two conventions (docs/reference.md §4.2, §6.13).
 
 - "standard": Wang et al. (2004) SSIM, an 11x11 Gaussian window (sigma 1.5), population
   statistics, data range 1, valid positions only; PSNR with data range 1.

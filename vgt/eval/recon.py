@@ -1,5 +1,5 @@
 """Reconstruction evaluation of an autoencoder, one batch at a time (Ray-free; `pipelines.eval.actors`
-maps it over a dataset), in two conventions (spec §4.3, §7 item 16):
+maps it over a dataset), in two conventions (docs/reference.md §4.2, §6.13):
 
 | step                     | "standard"                          | "reference" (hustvl/VGT evaluator)          |
 |--------------------------|-------------------------------------|---------------------------------------------|

@@ -1,4 +1,4 @@
-"""The VGT-AE training stage (spec §1.4-1.6) on the shared loop (vgt/train/loop.py).
+"""The VGT-AE training stage (docs/reference.md §1.4-1.6) on the shared loop (vgt/train/loop.py).
 
 Per step: random crop + flip of the un-cropped prepared images; generator pass (student AE + frozen
 teacher) -> reconstruction + distillation (+ perceptual, + GAN from `disc_start`) -> backward ->
@@ -101,7 +101,7 @@ class AEStage:
         d = discriminator_loss(s, step, t.modules["disc"], self.lecam, pixels, recon)
         d.total.backward()
         norm = clip_and_step(list(self.disc.parameters()), t.optimizers["disc"], t.schedulers["disc"], s.grad_clip)
-        # LeCam EMAs track the global batch means, the same on every rank (spec §7 item 18).
+        # LeCam EMAs track the global batch means, the same on every rank (docs/reference.md §6.3).
         real, fake = self.env.mean(torch.stack([d.terms["real_mean"], d.terms["fake_mean"]])).float()
         self.lecam.update(real, fake)
         return {"disc_loss": d.total.detach(), "disc_grad_norm": norm, **{f"disc_{k}": v for k, v in d.terms.items()}}

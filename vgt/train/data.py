@@ -1,7 +1,7 @@
 """Training data order: a pure function of (seed, epoch, rank, world size), resumable mid-epoch.
 
 Ray Data's default `streaming_split` hands blocks to whichever worker asks first, so two identical
-runs see different batches (environment notes §8). Each rank therefore reads its own rows of the
+runs see different batches (docs/environment.md §4.3). Each rank therefore reads its own rows of the
 prepared parquet parts directly (vgt.data reader, pyarrow, local or s3://):
 
 * every part's row groups are cut into chunks of at most `chunk_rows` rows;

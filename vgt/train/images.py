@@ -8,7 +8,10 @@ from vgt.data import decode_image, to_pixels, to_uint8
 
 
 def random_crop_flip(img: Image.Image, size: int, generator: torch.Generator) -> Image.Image:
-    """A `size` square at a uniform random offset, mirrored with probability 1/2 (AE stage, spec §1.5)."""
+    """A `size` square at a uniform random offset, mirrored with probability 1/2.
+
+    The AE stage's augmentation (docs/reference.md §1.5).
+    """
     w, h = img.size
     if min(w, h) < size:
         raise ValueError(f"image {w}x{h} is smaller than the crop {size}; was it prepared at another resolution?")

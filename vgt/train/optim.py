@@ -7,7 +7,7 @@ from typing import Callable, Iterable
 import torch
 from torch import nn
 
-# Spec §1.5: no weight decay for 1-d tensors and for names containing any of these.
+# docs/reference.md §1.5: no weight decay for 1-d tensors and for names containing any of these.
 NO_DECAY_KEYWORDS = ("ln", "bias", "latent_tokens", "mask_token", "embedding", "norm", "gamma", "embed")
 
 
@@ -17,7 +17,8 @@ def param_groups(named: Iterable[tuple[str, nn.Parameter]], lr: float, weight_de
     """AdamW groups: {prefix with its LR multiplier, rest} x {decay, no decay}; empty groups dropped.
 
     A parameter gets no decay when it has fewer than 2 dims or its name contains a keyword.
-    `lr_mult` maps a name prefix (e.g. "encoder.") to an LR multiplier (spec: 0.5 for the encoder).
+    `lr_mult` maps a name prefix (e.g. "encoder.") to an LR multiplier (0.5 for the encoder in
+    docs/reference.md §1.5).
     """
     buckets: dict[tuple[float, bool], list[nn.Parameter]] = {}
     for name, p in named:
@@ -33,7 +34,7 @@ def param_groups(named: Iterable[tuple[str, nn.Parameter]], lr: float, weight_de
 def warmup_cosine(warmup: int, total: int, end_ratio: float) -> Callable[[int], float]:
     """LR ratio for the (s+1)-th update: linear (s+1)/warmup, then half-cosine from 1 to `end_ratio`.
 
-    A LambdaLR ratio, so groups with an LR multiplier follow the same shape scaled (spec §1.5).
+    A LambdaLR ratio, so groups with an LR multiplier follow the same shape scaled (docs/reference.md §1.5).
     Unlike the reference, the first update already has a non-zero LR.
     """
     def ratio(s: int) -> float:
