@@ -42,6 +42,7 @@ def test_ae_then_ar_report_every_mark_and_save_loadable_folders(tmp_path, capsys
     ar_recs = records(capsys.readouterr().out)
     check_marks(ar_recs, "ar", train.ar_pretrain.batch_size)
     assert "psnr" not in ar_recs[0]
+    assert all(0 <= r[f"in_dist_{t}"] <= 1 for r in ar_recs for t in calibrate.IN_DIST_TASKS)
     VGTPipeline.from_pretrained(str(tmp_path / "ar" / "export"))
     assert (tmp_path / "ar" / "samples.png").is_file()
 
@@ -63,3 +64,13 @@ def test_steps_ending_before_the_last_mark_record_once_at_the_end(tmp_path, caps
                            "--out", str(tmp_path / "ae")]) == 0
     (rec,) = records(capsys.readouterr().out)
     assert rec["step"] == 3 and 0 < rec["cpu_min"] < 5
+
+
+def test_in_distribution_prompts_are_training_combinations_of_the_benchmark_kinds():
+    from vgt.eval.shapes import eval_prompts
+    from vgt.eval.shapes.vocab import heldout
+
+    picked = calibrate.in_distribution_prompts()
+    assert not any(heldout(s) for s in picked) and len(set(picked)) == len(picked)
+    assert sorted(s.kind for s in picked) == sorted(s.kind for s in eval_prompts())
+    assert picked == calibrate.in_distribution_prompts()  # a fixed draw

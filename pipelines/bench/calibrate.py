@@ -26,7 +26,9 @@ rendered with `np.random.default_rng(7)`) and reports their mean PSNR (data rang
 can reach. `ar`: at each mark the EMA weights (the live ones before `ema_start`) sample the 48
 held-out prompts x 1 image with the preset's `sample` settings (image i draws from
 `image_generator(--seed, i)`), which are decoded and scored; OUT/samples.png holds the last mark's
-samples in prompt order. OUT is a run folder (metrics.jsonl, export/: the AE or pipeline folder).
+samples in prompt order. The AR stage also scores as many in-distribution prompts (training-split
+combinations of the same kinds, a fixed draw; seed `--seed` + 1), reported as `in_dist_*`: the gap
+between the two says whether the generator under-fits (both low) or fails to generalise. OUT is a run folder (metrics.jsonl, export/: the AE or pipeline folder).
 
 Output: one JSON line per mark on stdout ({"stage", "cpu_min", "step", "images_seen", ["psnr",]
 colour, count, shape, position, two_object, single_all, overall}), then the same marks as markdown
@@ -51,10 +53,12 @@ from PIL import Image
 from vgt.errors import VGTError
 
 TASKS = ("colour", "count", "shape", "position", "two_object", "single_all", "overall")
+IN_DIST_TASKS = ("colour", "count", "shape", "overall")  # reported for the AR stage beside the held-out scores
 HEADERS = {"cpu_min": "CPU-min", "step": "steps", "images_seen": "images", "psnr": "PSNR",
-           "two_object": "two-object", "single_all": "single all"}
+           "two_object": "two-object", "single_all": "single all", **{f"in_dist_{t}": f"in-dist {t}" for t in IN_DIST_TASKS}}
 TWO_OBJECT_FRACTION = 0.4
 HELDOUT_SEED = 7
+IN_DIST_SEED = 11
 HELDOUT_COPIES = 2  # held-out renders per benchmark prompt (AE stage)
 CHUNK = 48  # images per no-grad forward (reconstructions)
 SHARD_SIZE = 500
@@ -147,6 +151,21 @@ def heldout_set(size: int) -> tuple[list, torch.Tensor]:
     return specs, to_pixels([render(s, rng, size) for s in specs])
 
 
+def in_distribution_prompts() -> list:
+    """As many training-split combinations as the held-out benchmark has, of the same kinds (fixed
+    draw): what the generator should do best, since it trained on exactly these."""
+    from vgt.eval.shapes import eval_prompts
+    from vgt.eval.shapes.vocab import train_specs
+
+    rng = np.random.default_rng(IN_DIST_SEED)
+    picked = []
+    for kind in ("single", "two"):
+        pool = [s for s in train_specs() if s.kind == kind]
+        count = sum(s.kind == kind for s in eval_prompts())
+        picked += [pool[i] for i in rng.choice(len(pool), count, replace=False)]
+    return picked
+
+
 def shape_scores(specs: list, images: list) -> dict:
     from vgt.eval.shapes import score_images, summarize
 
@@ -236,13 +255,15 @@ def run_ar(args: argparse.Namespace, marks: list[float]) -> list[dict]:
     prepared = training_data(os.path.join(args.out, "data"), args.train_images, args.seed, cfg)
     latents = os.path.join(args.out, "data", "latents")
     run_prep_latents(prepared, args.ae, latents, in_process=True)
-    prompts, samples = eval_prompts(), []
+    prompts, in_dist, samples = eval_prompts(), in_distribution_prompts(), []
 
     def evaluate(stage) -> dict:
         pipe = VGTPipeline(stage.cfg, stage.model, stage.ae, stage.model.tokenizer)
         with stage.trainables.emas["model"].applied():
             samples[:] = generate(pipe, prompts, args.seed)
-        return shape_scores(prompts, samples)
+            seen = generate(pipe, in_dist, args.seed + 1)
+        in_dist_scores = shape_scores(in_dist, seen)
+        return {**shape_scores(prompts, samples), **{f"in_dist_{t}": in_dist_scores[t] for t in IN_DIST_TASKS}}
 
     records = train_marked("ar", "ar_pretrain", cfg, latents, args.out, marks, args.steps, evaluate, ae=args.ae)
     contact_sheet(samples, GRID_COLUMNS).save(os.path.join(args.out, "samples.png"))
@@ -273,7 +294,8 @@ def contact_sheet(images: list[Image.Image], columns: int) -> Image.Image:
 # -- report ------------------------------------------------------------------------------------------
 def markdown_table(records: list[dict]) -> str:
     """The records as a markdown table (header, separator, one row per mark)."""
-    columns = [c for c in ("cpu_min", "step", "images_seen", "psnr", *TASKS) if c in records[0]]
+    in_dist = tuple(f"in_dist_{t}" for t in IN_DIST_TASKS)
+    columns = [c for c in ("cpu_min", "step", "images_seen", "psnr", *TASKS, *in_dist) if c in records[0]]
     lines = [[HEADERS.get(c, c) for c in columns], ["---"] * len(columns),
              *([cell(c, r[c]) for c in columns] for r in records)]
     return "\n".join("| " + " | ".join(line) + " |" for line in lines)
@@ -284,7 +306,7 @@ def cell(column: str, value) -> str:
         return "-"
     if column == "psnr":
         return f"{value:.1f}"
-    if column in TASKS:
+    if column in TASKS or column.startswith("in_dist_"):
         return f"{value:.2f}"
     return f"{value:g}"
 
