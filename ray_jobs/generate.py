@@ -3,6 +3,7 @@
 Image k (prompt-major: prompt i, copy j -> k = i * n + j) draws its token order and noise from a
 generator derived from (--seed, k), so a given image is the same whatever --batch-size is.
 Files are named `{k:05d}.png`; `images.jsonl` lists file, prompt, seed and index per image.
+Sampling options not given come from the folder's `config.sample` (VGTPipeline resolves them).
 """
 from __future__ import annotations
 
@@ -10,25 +11,32 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ray_jobs._entry import at_least, hidden_alias, renamed_flag
+
     parser.add_argument("--model", required=True, metavar="DIR", help="pipeline folder (local or s3://)")
     parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     parser.add_argument("--prompts", metavar="FILE", help="text file with one prompt per line (blank lines skipped)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (local or s3://)")
-    parser.add_argument("--n", type=int, default=1, help="images per prompt (default 1)")
+    parser.add_argument("--n", type=at_least(1), default=1, help="images per prompt (default 1)")
     parser.add_argument("--seed", type=int, default=0, help="base seed (default 0)")
-    parser.add_argument("--height", type=int, help="image height in px (default: the preset resolution)")
-    parser.add_argument("--width", type=int, help="image width in px (default: the preset resolution)")
-    parser.add_argument("--guidance", type=float,
-                        help="classifier-free guidance scale, 1 = off (default: the pipeline config, 4.5 in presets)")
+    parser.add_argument("--height", type=at_least(1), help="image height in px (default: the folder's data.resolution)")
+    parser.add_argument("--width", type=at_least(1), help="image width in px (default: the folder's data.resolution)")
+    # Sampling: flag = the key in the folder's config.sample; a flag not given leaves it to that config.
+    parser.add_argument("--guidance-scale", type=float,
+                        help="classifier-free guidance scale, 1 = off (default: the folder's config.sample)")
+    hidden_alias(parser, "--guidance", "--guidance-scale", type=float)
     parser.add_argument("--cfg-schedule", choices=["linear", "constant"],
-                        help="guidance over the generation order (default: from the pipeline config)")
-    parser.add_argument("--steps", type=int, help="flow-head sampling steps per token (default: config)")
-    parser.add_argument("--parallel", type=int,
-                        help="latent tokens per LLM step, capped at the token count (default: the pipeline config)")
-    parser.add_argument("--order", choices=["random", "raster"], help="token generation order (default: config)")
-    parser.add_argument("--sampler", choices=["sde", "ode"], help="flow sampler (default: config)")
-    parser.add_argument("--feed-mode", choices=["pairs", "parity"], help="KV feed scheme (default: config)")
-    parser.add_argument("--batch-size", type=int, default=8, help="images sampled together (default 8)")
+                        help="guidance over the generation order (default: config.sample)")
+    parser.add_argument("--num-steps", type=at_least(1),
+                        help="flow-head sampling steps per token, at least 2 for the SDE sampler (default: config.sample)")
+    renamed_flag(parser, "--steps", "--num-steps", "flow-head steps per token")
+    parser.add_argument("--parallel-tokens", type=at_least(1),
+                        help="latent tokens per LLM step, capped at the token count (default: config.sample)")
+    hidden_alias(parser, "--parallel", "--parallel-tokens", type=at_least(1))
+    parser.add_argument("--order", choices=["random", "raster"], help="token generation order (default: config.sample)")
+    parser.add_argument("--sampler", choices=["sde", "ode"], help="flow sampler (default: config.sample)")
+    parser.add_argument("--feed-mode", choices=["pairs", "parity"], help="KV feed scheme (default: config.sample)")
+    parser.add_argument("--batch-size", type=at_least(1), default=8, help="images sampled together (default 8)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--bf16", action="store_true", help="bf16 weights (GPU)")
 
@@ -36,17 +44,55 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def read_prompts(args: argparse.Namespace) -> list[str]:
     from ray_jobs._entry import UserError
     from vgt import io as vio
+    from vgt.errors import VGTError
 
+    if not args.prompt and not args.prompts:
+        raise UserError("no prompts: pass --prompt TEXT and/or --prompts FILE")
     prompts = list(args.prompt)
     if args.prompts:
         if not vio.exists(args.prompts):
-            raise UserError(f"prompt file {args.prompts} does not exist")
-        prompts += [line.strip() for line in vio.read_bytes(args.prompts).decode().splitlines() if line.strip()]
+            raise VGTError(f"prompt file {args.prompts} does not exist")
+        try:
+            text = vio.read_bytes(args.prompts).decode()
+        except UnicodeDecodeError as e:
+            raise VGTError(f"prompt file {args.prompts} is not UTF-8 text ({e.reason} at byte {e.start})") from e
+        prompts += [line.strip() for line in text.splitlines() if line.strip()]
     if not prompts:
-        raise UserError("no prompts: pass --prompt TEXT and/or --prompts FILE")
-    if args.n < 1 or args.batch_size < 1:
-        raise UserError("--n and --batch-size must be at least 1")
+        raise VGTError(f"no prompts: {args.prompts} has no non-blank line")
     return prompts
+
+
+def torch_device(name: str | None) -> str:
+    """`--device` checked before the model loads: a bad name is a usage error, CUDA missing a refusal."""
+    import torch
+
+    from ray_jobs._entry import UserError
+    from vgt.errors import VGTError
+
+    if name is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(name)
+    except RuntimeError as e:
+        raise UserError(f"--device {name!r} is not a torch device (e.g. cpu, cuda, cuda:1, mps)") from e
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise VGTError(f"--device {name}: no CUDA device is available here")
+    return name
+
+
+def check_sampling(pipe, args: argparse.Namespace) -> dict:
+    """The sampling keywords given (None = the folder's config.sample), checked against that config."""
+    from ray_jobs._entry import UserError
+
+    given = dict(guidance_scale=args.guidance_scale, num_steps=args.num_steps, parallel_tokens=args.parallel_tokens,
+                 order=args.order, cfg_schedule=args.cfg_schedule, sampler=args.sampler, feed_mode=args.feed_mode)
+    try:
+        settings = pipe.sampling(args.height, args.width, **given)
+    except ValueError as e:  # e.g. a size below the AE stride
+        raise UserError(str(e)) from e
+    if settings.sampler == "sde" and settings.num_steps < 2:
+        raise UserError(f"the SDE sampler needs --num-steps >= 2 (got {settings.num_steps}); or pass --sampler ode")
+    return given
 
 
 def run(args: argparse.Namespace) -> int:
@@ -62,20 +108,16 @@ def run(args: argparse.Namespace) -> int:
 
     prompts = read_prompts(args)
     jobs = [(k, p) for k, p in enumerate(p for p in prompts for _ in range(args.n))]
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch_device(args.device)
     pipe = VGTPipeline.from_pretrained(args.model).to(device, torch.bfloat16 if args.bf16 else None)
-    defaults = pipe.config.sample
+    sampling = check_sampling(pipe, args)
     vio.makedirs(args.out)
     records = []
     with tqdm(total=len(jobs), unit="img", desc="generate") as bar:
         for start in range(0, len(jobs), args.batch_size):
             batch = jobs[start:start + args.batch_size]
-            latents = pipe.sample_latents(
-                [p for _, p in batch], height=args.height, width=args.width,
-                guidance_scale=defaults.guidance_scale if args.guidance is None else args.guidance,
-                num_steps=args.steps, parallel_tokens=args.parallel or defaults.parallel_tokens, order=args.order or defaults.order,
-                generators=[image_generator(args.seed, k) for k, _ in batch], cfg_schedule=args.cfg_schedule,
-                sampler=args.sampler, feed_mode=args.feed_mode)
+            latents = pipe.sample_latents([p for _, p in batch], height=args.height, width=args.width,
+                                          generators=[image_generator(args.seed, k) for k, _ in batch], **sampling)
             size = pipe.image_size(args.height, args.width)
             for (k, prompt), image in zip(batch, pipe.decode(latents, size=size)):
                 buf = io.BytesIO()

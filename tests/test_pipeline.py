@@ -73,11 +73,11 @@ def test_cli_init_then_generate_writes_pngs(tmp_path):
 
     folder, out = tmp_path / "pipe", tmp_path / "images"
     assert main(["init", "--preset", "tiny-qwen", "--out", str(folder), "--set", "sample.num_steps=2"]) == 0
-    assert main(["init", "--preset", "tiny-qwen", "--out", str(folder)]) == 2  # exists, no --overwrite
+    assert main(["init", "--preset", "tiny-qwen", "--out", str(folder)]) == 1  # exists, no --overwrite: refused
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a red apple\n\ntwo cats on a sofa\n")
     args = ["generate", "--model", str(folder), "--prompt", "a lighthouse", "--prompts", str(prompts),
-            "--out", str(out), "--n", "2", "--seed", "5", "--parallel", "16", "--batch-size", "4"]
+            "--out", str(out), "--n", "2", "--seed", "5", "--parallel-tokens", "16", "--batch-size", "4"]
     assert main(args) == 0
     records = [json.loads(line) for line in (out / "images.jsonl").read_text().splitlines()]
     assert [r["prompt"] for r in records] == ["a lighthouse"] * 2 + ["a red apple"] * 2 + ["two cats on a sofa"] * 2
