@@ -1,6 +1,6 @@
 """Evaluate models: reconstruction metrics, the shapes benchmark, GenEval / DPG-Bench image folders.
 
-  vgt eval recon --ae AE_DIR --data PREPARED [--convention standard|reference] [--no-fd]
+  vgt eval recon --ae AE_DIR --data PREPARED [--convention standard|reference] [--no-fd] [--out FILE]
   vgt eval shapes --model PIPELINE_DIR_OR_URL [--n 4] [--guidance-scale 3] [--out DIR]
   vgt eval geneval-images --model PIPELINE_DIR --prompts evaluation_metadata.jsonl --out DIR
   vgt eval dpg-images --model PIPELINE_DIR --prompts ELLA_PROMPTS_DIR --out DIR
@@ -13,26 +13,40 @@ shape, position, two-object; GenEval-style overall); --model is a pipeline folde
 `vgt serve` URL (one HTTP request per image). Both sample with the model's config.sample unless
 told otherwise, and image k of prompt i uses seed + i * n + k, so a folder and its endpoint give the
 same images.
-All generation runs as Ray Data batch inference (RAY_ADDRESS or a local cluster).
+Everything but the URL case runs as Ray Data batch inference (--address, else RAY_ADDRESS, else a
+local cluster).
 """
 from __future__ import annotations
 
 import argparse
 
 
-def _sampling(p: argparse.ArgumentParser, n: int | None = 4) -> None:
+def _sampling(p: argparse.ArgumentParser, n: int | None = 4, http: bool = False) -> None:
+    from ray_jobs._entry import add_address, at_least
+
     if n is not None:
-        p.add_argument("--n", type=int, default=n, help=f"images per prompt (default {n})")
+        p.add_argument("--n", type=at_least(1), default=n, help=f"images per prompt (default {n})")
     p.add_argument("--seed", type=int, default=0, help="image k of prompt i uses seed + its index (default 0)")
-    p.add_argument("--guidance-scale", type=float, default=None, help="CFG scale (default: the model's config)")
-    p.add_argument("--num-steps", type=int, default=None, help="flow-head steps per token (default: config)")
-    p.add_argument("--parallel-tokens", type=int, default=None, help="tokens per LLM step (default: config)")
-    p.add_argument("--batch-size", type=int, default=8, help="images per Ray Data batch (default 8)")
-    p.add_argument("--concurrency", type=int, default=1, help="generator actors (default 1)")
-    p.add_argument("--num-gpus", type=float, default=None, help="GPUs per actor (default: 1 if the cluster has any)")
+    p.add_argument("--guidance-scale", type=float, default=None,
+                   help="CFG scale (default: the model's config.sample, folder or URL alike)")
+    p.add_argument("--num-steps", type=at_least(1), default=None,
+                   help="flow-head steps per token (default: config.sample)")
+    p.add_argument("--parallel-tokens", type=at_least(1), default=None,
+                   help="tokens per LLM step (default: config.sample)")
+    p.add_argument("--batch-size", type=at_least(1), default=8, help="images per Ray Data batch (default 8)")
+    if http:
+        p.add_argument("--concurrency", type=at_least(1), default=None,
+                       help="generator actors for a folder (default 1); HTTP requests in flight for a URL (default 4)")
+    else:
+        p.add_argument("--concurrency", type=at_least(1), default=1, help="generator actors (default 1)")
+    p.add_argument("--num-gpus", type=at_least(0, float), default=None,
+                   help="GPUs per actor (default: 1 if the cluster has any, else 0)")
+    add_address(p)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ray_jobs._entry import add_address, at_least, hidden_alias, renamed_flag
+
     sub = parser.add_subparsers(dest="what", required=True, metavar="{recon,shapes,geneval-images,dpg-images}")
     r = sub.add_parser("recon", help="PSNR / SSIM / proxy Fréchet distance of an AE on a prepared dataset")
     r.add_argument("--ae", required=True, help="AE folder (local or s3://)")
@@ -40,15 +54,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     r.add_argument("--convention", choices=["standard", "reference"], default="standard",
                    help="metric conventions (default standard; reference = hustvl/VGT's evaluator)")
     r.add_argument("--no-fd", action="store_true", help="skip the Fréchet distance (no feature network)")
-    r.add_argument("--batch-size", type=int, default=32, help="images per AE forward (default 32)")
-    r.add_argument("--concurrency", type=int, default=1, help="AE actors (default 1)")
-    r.add_argument("--num-gpus", type=float, default=None, help="GPUs per actor (default: 1 if the cluster has any)")
-    r.add_argument("--json", metavar="FILE", help="also write the result as JSON")
+    r.add_argument("--batch-size", type=at_least(1), default=32, help="images per AE forward (default 32)")
+    r.add_argument("--concurrency", type=at_least(1), default=1, help="AE actors (default 1)")
+    r.add_argument("--num-gpus", type=at_least(0, float), default=None,
+                   help="GPUs per actor (default: 1 if the cluster has any, else 0)")
+    r.add_argument("--out", metavar="FILE", help="also write the result as JSON to FILE (local or s3://)")
+    hidden_alias(r, "--json", "--out")
+    add_address(r)
     s = sub.add_parser("shapes", help="the held-out shapes benchmark on a pipeline folder or endpoint URL")
     s.add_argument("--model", required=True, help="pipeline folder (local or s3://) or http(s)://host:port")
     s.add_argument("--out", default=None, help="folder for the images and shapes.json (local or s3://)")
-    s.add_argument("--parallel", type=int, default=4, help="HTTP requests in flight (URL only; default 4)")
-    _sampling(s)
+    renamed_flag(s, "--parallel", "--concurrency", "HTTP requests in flight; --parallel-tokens is tokens per LLM step")
+    _sampling(s, http=True)
     g = sub.add_parser("geneval-images", help="GenEval's folder layout for its official scorer")
     g.add_argument("--model", required=True, help="pipeline folder (local or s3://)")
     g.add_argument("--prompts", required=True, help="GenEval evaluation_metadata.jsonl")
@@ -70,21 +87,24 @@ def sample_options(args) -> dict:
 def run(args: argparse.Namespace) -> int:
     import json
 
-    from ray_jobs._entry import UserError
+    from ray_jobs._entry import UserError, defer_ray
     from vgt import io as vio
+    from vgt.errors import VGTError
 
-    if getattr(args, "n", 1) < 1 or args.batch_size < 1 or args.concurrency < 1:
-        raise UserError("--n, --batch-size and --concurrency must be at least 1")
-    source = getattr(args, "ae", None) or args.model
-    if not source.startswith(("http://", "https://")) and not vio.exists(source):
-        raise UserError(f"{source!r} does not exist")
+    inputs = [getattr(args, "ae", None) or args.model, getattr(args, "data", None), getattr(args, "prompts", None)]
+    for uri in filter(None, inputs):  # missing inputs are refused before Ray starts (exit 1)
+        if not uri.startswith(("http://", "https://")) and not vio.exists(uri):
+            raise VGTError(f"{uri!r} does not exist")
+    defer_ray(args.address)
     try:
         result = _dispatch(args)
-    except ValueError as err:  # bad prompt files, specs, conventions: one clear line
+    except VGTError:
+        raise
+    except ValueError as err:  # malformed prompt files, specs, sampling values: the user's to fix
         raise UserError(str(err)) from err
     print(json.dumps(result, indent=1), flush=True)
-    if getattr(args, "json", None):
-        vio.write_bytes(args.json, json.dumps(result, indent=1).encode())
+    if args.what == "recon" and args.out:
+        vio.write_bytes(args.out, json.dumps(result, indent=1).encode())
     return 0
 
 
@@ -97,8 +117,11 @@ def _dispatch(args) -> dict:
     if args.what == "shapes":
         from pipelines.eval.shapes import shapes_eval
 
-        summary = shapes_eval(args.model, args.n, args.seed, sample_options(args), args.out, args.parallel,
-                              args.batch_size)
+        from pipelines.eval.shapes import is_url
+
+        concurrency = args.concurrency or (4 if is_url(args.model) else 1)
+        summary = shapes_eval(args.model, args.n, args.seed, sample_options(args), args.out, concurrency,
+                              args.batch_size, concurrency=concurrency, num_gpus=args.num_gpus)
         return {k: v for k, v in summary.items() if k != "per_prompt"}
     from pipelines.eval.benchmarks import dpg_images, geneval_images
 

@@ -19,8 +19,11 @@ def is_url(model: str) -> bool:
 
 
 def shapes_eval(model: str, n: int = 4, seed: int = 0, sample: dict | None = None, out: str | None = None,
-                parallel: int = 4, batch_size: int = 8) -> dict:
+                parallel: int = 4, batch_size: int = 8, concurrency: int = 1, num_gpus: float | None = None) -> dict:
     """Scores of `model` (pipeline folder or endpoint URL) on the held-out shapes prompts.
+
+    A URL gets `parallel` HTTP requests in flight; a folder runs on `concurrency` Ray Data generator
+    actors (`batch_size` images per batch, `num_gpus` each).
 
     With `out`: images as OUT/images/<prompt>-<sample>.png and OUT/shapes.json (summary + per image).
     """
@@ -30,7 +33,8 @@ def shapes_eval(model: str, n: int = 4, seed: int = 0, sample: dict | None = Non
     if is_url(model):
         pngs = fetch_images(model, prompts, n, seed, sample, parallel=parallel, stats=stats)
     else:
-        pngs = {(i, k): png for i, k, png in generate(model, prompts, n, seed, sample, batch_size=batch_size)}
+        pngs = {(i, k): png for i, k, png in generate(model, prompts, n, seed, sample, batch_size=batch_size,
+                                                        concurrency=concurrency, num_gpus=num_gpus)}
     keys = sorted(pngs)
     images = [Image.open(io.BytesIO(pngs[key])).convert("RGB") for key in keys]
     records = score_images([specs[i] for i, _ in keys], images)
