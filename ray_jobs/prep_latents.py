@@ -13,35 +13,33 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ray_jobs._entry import add_address, at_least, hidden_alias
+
     parser.add_argument("--data", required=True, metavar="URI", help="prepared dataset (vgt prep output)")
     parser.add_argument("--ae", required=True, metavar="AE_DIR", help="AE folder (config.json + model.safetensors)")
-    parser.add_argument("--output", default=None, metavar="URI",
+    parser.add_argument("--out", default=None, metavar="URI",
                         help="write a new dataset here (parts with latents, manifest, rejects); default: in place")
-    parser.add_argument("--batch-size", type=int, default=32, metavar="N", help="images per AE forward pass")
-    parser.add_argument("--concurrency", type=int, default=1, metavar="N",
-                        help="AE actors (each holds one AE copy and encodes whole parts)")
-    parser.add_argument("--num-gpus", type=float, default=None, metavar="G",
+    hidden_alias(parser, "--output", "--out")
+    parser.add_argument("--batch-size", type=at_least(1), default=32, metavar="N",
+                        help="images per AE forward pass (default 32)")
+    parser.add_argument("--concurrency", type=at_least(1), default=1, metavar="N",
+                        help="AE actors, each holds one AE copy and encodes whole parts (default 1)")
+    parser.add_argument("--num-gpus", type=at_least(0, float), default=None, metavar="G",
                         help="GPUs per actor (default: 1 when the cluster has GPUs, else 0)")
-    parser.add_argument("--num-cpus", type=float, default=1, metavar="C",
-                        help="CPUs per actor (image decoding; torch threads on CPU)")
+    parser.add_argument("--num-cpus", type=at_least(0, float), default=1, metavar="C",
+                        help="CPUs per actor: image decoding, torch threads on CPU (default 1)")
     parser.add_argument("--bf16", action="store_true", help="bf16 autocast for the encoder on GPU (stored as fp16)")
     parser.add_argument("--overwrite", action="store_true",
                         help="recompute every part (needed to replace latents of another AE)")
-    parser.add_argument("--address", default=None, help="Ray cluster address (default: RAY_ADDRESS, else local)")
+    add_address(parser)
 
 
 def run(args: argparse.Namespace) -> int:
-    import os
-
     from pipelines.prep.add_latents import run_prep_latents
-    from ray_jobs._entry import UserError
+    from ray_jobs._entry import defer_ray
 
-    for flag in ("batch_size", "concurrency"):
-        if getattr(args, flag) < 1:
-            raise UserError(f"--{flag.replace('_', '-')} must be at least 1")
-    if args.address:  # Ray starts only once there is work: input mistakes fail fast, without a cluster
-        os.environ["RAY_ADDRESS"] = args.address
-    run_prep_latents(args.data, args.ae, args.output, batch_size=args.batch_size, concurrency=args.concurrency,
+    defer_ray(args.address)  # Ray starts only once there is work: input mistakes fail fast, without a cluster
+    run_prep_latents(args.data, args.ae, args.out, batch_size=args.batch_size, concurrency=args.concurrency,
                      num_gpus=args.num_gpus, num_cpus=args.num_cpus, bf16=args.bf16, overwrite=args.overwrite)
     return 0
 

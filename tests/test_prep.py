@@ -75,7 +75,7 @@ def test_three_formats_two_sources_tags_counts_and_resume(ray_cluster, tmp_path,
         run_prep(inputs, out, get_preset("tiny", ["data.min_side=90"]))
     from ray_jobs.cli import main
 
-    assert main(["prep", "--input", *inputs, "--output", out, "--preset", "tiny", "--overwrite"]) == 0
+    assert main(["prep", "--input", *inputs, "--out", out, "--preset", "tiny", "--overwrite"]) == 0
     m3 = vio.read_json(f"{out}/manifest.json")
     assert len(m3["runs"]) == 1 and len(m3["runs"][0]["parts_built"]) == 4 and m3["counts"] == m["counts"]
 
