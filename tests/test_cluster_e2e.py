@@ -204,7 +204,7 @@ def prepared(head, tmp_path_factory) -> tuple[Path, dict]:
     root = tmp_path_factory.mktemp("e2e-prep")
     write_shard(root / "shard-000000.tar")
     entrypoint = ["python", "-m", "ray_jobs.prep_data", "--input", str(root / "shard-000000.tar"),
-                  "--output", str(root / "prepared"), "--preset", "tiny"]
+                  "--out", str(root / "prepared"), "--preset", "tiny"]
     return root / "prepared", {"job": head.submit(*entrypoint), "entrypoint": entrypoint}
 
 
