@@ -10,50 +10,63 @@ from __future__ import annotations
 import argparse
 
 
+def gpus_per_replica(text: str) -> str | float:
+    """`--num-gpus`: "auto" or a number >= 0."""
+    if text == "auto":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 'auto' or a number, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be at least 0, got {text}")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ray_jobs._entry import add_address, at_least, hidden_alias
+
     parser.add_argument("--model", required=True, help="pipeline folder to serve: local path or s3://")
     parser.add_argument("--host", default="127.0.0.1",
                         help="HTTP bind address (default 127.0.0.1; 0.0.0.0 for every interface)")
-    parser.add_argument("--port", type=int, default=None, help="HTTP port (default: the config's, 8000)")
+    parser.add_argument("--port", type=at_least(1), default=None,
+                        help="HTTP port (default: the Serve config's, 8000 in cluster/serve.yaml)")
     parser.add_argument("--config", default=None, help="Serve config file (default: cluster/serve.yaml)")
-    parser.add_argument("--gpus", default="auto",
-                        help="GPUs per sampler/decoder replica: 'auto' (the config's placement if the "
+    parser.add_argument("--num-gpus", type=gpus_per_replica, default="auto", metavar="auto|G",
+                        help="GPUs per sampler/decoder replica: 'auto' (default: the config's placement if the "
                              "cluster has GPUs, else 0.25 CPU per replica), or a number")
+    hidden_alias(parser, "--gpus", "--num-gpus", type=gpus_per_replica)
     parser.add_argument("--name", default=None, help="model id for /v1/models (default: the folder name)")
-    parser.add_argument("--address", default=None,
-                        help="Ray cluster to join ('auto' = the running one); default: start a local Ray")
+    add_address(parser)
     parser.add_argument("--timeout", type=float, default=600.0,
                         help="seconds to wait for the deployments to come up (default 600)")
 
 
 def run(args: argparse.Namespace) -> int:
+    import os
     import signal
     import time
 
-    import ray
     from ray import serve
 
-    from pipelines.serve.config import (APP_NAME, DEFAULT_CONFIG, DeployError, deploy, load_config,
-                                        placement_overrides, with_overrides)
-    from ray_jobs._entry import UserError
+    from pipelines.serve.config import APP_NAME, DEFAULT_CONFIG, deploy, placement_overrides, with_overrides
+    from ray_jobs._entry import connect_ray
     from vgt.pipeline import read_index
 
     read_index(args.model)  # a missing or foreign folder fails here, before Ray starts
-    config = load_config(args.config or DEFAULT_CONFIG)
-    joined = args.address is not None
-    ray.init(address=args.address)
+    config = read_config(args.config or DEFAULT_CONFIG)
+    joined = bool(args.address or os.environ.get("RAY_ADDRESS"))  # a cluster that is not ours alone
+    connect_ray(args.address)
     config = with_overrides(config, model=args.model, host=args.host, port=args.port,
                             args={"model_name": args.name} if args.name else None,
-                            deployments=placement_overrides(args.gpus))
+                            deployments=placement_overrides(args.num_gpus))
     for sig in (signal.SIGINT, signal.SIGTERM):  # also when started in the background (SIGINT ignored)
         signal.signal(sig, _interrupt)
-    try:
+    try:  # a DeployError (Serve's message, or not up in time) ends as one line, exit 1
         url = deploy(config, timeout_s=args.timeout)
         print(f"vgt serve: ready at {url}  (POST {url}/v1/images/generations; Ctrl-C to stop)", flush=True)
         while True:
             time.sleep(3600)
-    except DeployError as e:
-        raise UserError(str(e)) from e
     finally:
         # On a shared cluster remove only our application; a local Ray instance is ours entirely.
         if joined:
@@ -61,6 +74,21 @@ def run(args: argparse.Namespace) -> int:
         else:
             serve.shutdown()
         print("vgt serve: stopped", flush=True)
+
+
+def read_config(path: str) -> dict:
+    """The Serve config file; a missing or unreadable one is refused in one line (exit 1)."""
+    import yaml
+
+    from pipelines.serve.config import load_config
+    from vgt.errors import VGTError
+
+    try:
+        return load_config(path)
+    except FileNotFoundError as e:
+        raise VGTError(f"Serve config {path!r} does not exist") from e
+    except (OSError, yaml.YAMLError, AttributeError) as e:  # AttributeError: YAML that is not a mapping
+        raise VGTError(f"cannot read Serve config {path!r}: {str(e).splitlines()[0]}") from e
 
 
 def _interrupt(signum, frame):
