@@ -22,6 +22,8 @@ AR_PRESETS = {("internvl", 896): "internvl3-1b", ("internvl", 1536): "internvl3-
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ray_jobs._entry import add_overrides
+
     parser.add_argument("--from", dest="source", choices=["reference", "pth"], required=True,
                         help="reference = a hustvl/VGT checkpoint -> vgt folder; "
                              "pth = any .pth state dict -> one .safetensors file")
@@ -34,11 +36,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "tuned from; gives the tokenizer and LLM config (default: the preset's)")
     parser.add_argument("--ae", help="AR checkpoints without vgt_ae.* keys: an AE folder to pair them with")
     parser.add_argument("--weights", choices=["ema", "raw"], default="ema",
-                        help="AR checkpoints: EMA weights (the reference's `state_dict`) or raw ones")
+                        help="AR checkpoints: EMA weights (the reference's `state_dict`, default) or raw ones")
+    add_overrides(parser, "applied to the preset before the weights are placed, e.g. sample.num_steps=20 "
+                          "sample.guidance_scale=3 (keys that change the architecture must match the checkpoint)")
 
 
 def run(args: argparse.Namespace) -> int:
+    from ray_jobs._entry import UserError
+
     if args.source == "pth":
+        if args.overrides:
+            raise UserError("--set applies to --from reference (a .pth -> .safetensors copy has no config)")
         return convert_pth(args)
     from vgt.convert.reference import load_reference_state
     from vgt.convert.reference_ar import ar_family, load_reference_ar
@@ -50,12 +58,14 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _read(loader, path: str, *extra):
-    from ray_jobs._entry import UserError
+    from vgt.errors import VGTError
 
     try:
         return loader(path, *extra)
-    except (OSError, ValueError) as e:
-        raise UserError(f"cannot read {path!r} as a reference checkpoint: {e}") from e
+    except FileNotFoundError as e:
+        raise VGTError(f"{path!r} does not exist") from e
+    except (OSError, ValueError) as e:  # the file is there but is no checkpoint: refused (exit 1)
+        raise VGTError(f"cannot read {path!r} as a reference checkpoint: {e}") from e
 
 
 def convert_pth(args: argparse.Namespace) -> int:
@@ -70,37 +80,41 @@ def convert_pth(args: argparse.Namespace) -> int:
     return 0
 
 
-def offline_preset(name: str):
-    """The preset with every weight coming from the checkpoint: architecture built without the hub."""
+def offline_preset(name: str, overrides: list[str] = ()):
+    """The preset (with `overrides`) with every weight coming from the checkpoint: architecture built
+    without the hub."""
     from vgt.config import apply_overrides
     from vgt.presets import get_preset
 
-    return apply_overrides(get_preset(name), ["ae.backbone.pretrained=null", "ae.decoder.pretrained=null",
-                                              "ar.backbone.pretrained=null"])
+    return apply_overrides(get_preset(name, list(overrides)), ["ae.backbone.pretrained=null",
+                                                                "ae.decoder.pretrained=null",
+                                                                "ar.backbone.pretrained=null"])
 
 
 def reference_ae(ref, cfg, family: str):
     """The AE of a reference state dict (AE names) for preset `cfg`, with its conversion report."""
     from ray_jobs._entry import UserError
     from vgt.convert.reference import convert_reference_ae
+    from vgt.errors import VGTError
 
     if cfg.ae.backbone.family != family:
-        raise UserError(f"this is a {family} checkpoint but preset {cfg.name!r} is {cfg.ae.backbone.family}")
+        raise UserError(f"this is a {family} checkpoint but preset {cfg.name!r} is {cfg.ae.backbone.family}: "
+                        "pass another --preset")
     try:
         return convert_reference_ae(ref, cfg.ae)
-    except ValueError as e:
-        raise UserError(str(e)) from e
+    except ValueError as e:  # weights that find no place: the conversion is refused, nothing written
+        raise VGTError(str(e)) from e
 
 
 def convert_ae(args: argparse.Namespace, ref) -> int:
-    from ray_jobs._entry import UserError
     from vgt.convert.reference import detect_family
+    from vgt.errors import VGTError
 
     try:
         family = detect_family(ref)
     except ValueError as e:
-        raise UserError(str(e)) from e
-    ae, report = reference_ae(ref, offline_preset(args.preset or AE_PRESETS[family]), family)
+        raise VGTError(str(e)) from e
+    ae, report = reference_ae(ref, offline_preset(args.preset or AE_PRESETS[family], args.overrides), family)
     ae.save_pretrained(args.out)
     print(report.summary())
     print(f"wrote AE folder {args.out} (fingerprint {ae.fingerprint})")
@@ -111,6 +125,7 @@ def convert_ar(args: argparse.Namespace, ref) -> int:
     from ray_jobs._entry import UserError
     from vgt.ae import VGTAutoencoder
     from vgt.backbones import load_tokenizer
+    from vgt.errors import VGTError
     from vgt.convert.reference import detect_family
     from vgt.convert.reference_ar import ar_family, convert_reference_ar, llm_hidden_size, reference_ae_part
 
@@ -118,7 +133,7 @@ def convert_ar(args: argparse.Namespace, ref) -> int:
     name = args.preset or AR_PRESETS.get((family, llm_hidden_size(ref)))
     if name is None:
         raise UserError(f"no preset matches a {family} LLM of width {llm_hidden_size(ref)}: pass --preset")
-    cfg = offline_preset(name)
+    cfg = offline_preset(name, args.overrides)
     if args.base:
         cfg.ar.backbone.hf_config = base_hf_config(args.base, cfg.ar.backbone.family)
         cfg.ar.backbone.tokenizer = args.base
@@ -132,9 +147,13 @@ def convert_ar(args: argparse.Namespace, ref) -> int:
     else:
         raise UserError("this AR checkpoint has no vgt_ae.* weights: pass --ae AE_FOLDER")
     try:
-        pipe, report = convert_reference_ar(ref, cfg, load_tokenizer(cfg.ar.backbone), ae)
-    except ValueError as e:
-        raise UserError(str(e)) from e
+        tokenizer = load_tokenizer(cfg.ar.backbone)
+    except OSError as e:
+        raise VGTError(f"cannot load the tokenizer {cfg.ar.backbone.tokenizer!r}: {e}") from e
+    try:
+        pipe, report = convert_reference_ar(ref, cfg, tokenizer, ae)
+    except ValueError as e:  # weights that find no place: the conversion is refused, nothing written
+        raise VGTError(str(e)) from e
     pipe.save_pretrained(args.out)
     print("AR:", report.summary())
     print(f"wrote pipeline folder {args.out} (LLM layers: {cfg.ar.llm_num_layers})")
@@ -144,8 +163,12 @@ def convert_ar(args: argparse.Namespace, ref) -> int:
 def base_hf_config(base: str, family: str) -> dict:
     """The base VLM's config (architecture numbers), read without loading its weights."""
     from vgt.backbones.families import vlm_config_class
+    from vgt.errors import VGTError
 
-    return vlm_config_class(family).from_pretrained(base).to_dict()
+    try:
+        return vlm_config_class(family).from_pretrained(base).to_dict()
+    except OSError as e:  # no such folder / hub id
+        raise VGTError(f"cannot read the config of the base VLM --base {base!r}: {e}") from e
 
 
 if __name__ == "__main__":

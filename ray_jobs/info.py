@@ -11,17 +11,20 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--preset", action="append", help="preset(s) to show (default: all)")
+    from ray_jobs._entry import add_overrides
+
+    parser.add_argument("--preset", action="append", help="preset(s) to show, repeatable (default: all)")
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    add_overrides(parser, "applied to every preset shown, e.g. ar.head.depth=6 ar.llm_num_layers=12")
 
 
-def preset_rows(names: list[str]) -> list[dict]:
+def preset_rows(names: list[str], overrides: list[str] = ()) -> list[dict]:
     from vgt.footprint import count_parameters, estimate_train_memory
     from vgt.presets import get_preset
 
     rows = []
     for name in names:
-        cfg = get_preset(name)
+        cfg = get_preset(name, list(overrides))
         counts = count_parameters(cfg)
         memory = estimate_train_memory(cfg, counts)
         rows.append({"preset": name, "family": cfg.ar.backbone.family, "px": cfg.data.resolution,
@@ -38,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from pipelines.bench import format_table
     from vgt.presets import list_presets
 
-    rows = preset_rows(args.preset or list_presets())
+    rows = preset_rows(args.preset or list_presets(), args.overrides)
     print(json.dumps(rows, indent=2) if args.json else format_table(rows))
     return 0
 

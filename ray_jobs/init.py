@@ -9,10 +9,12 @@ import argparse
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    from ray_jobs._entry import add_overrides
+
     parser.add_argument("--preset", required=True, help="preset name (see `vgt info`)")
     parser.add_argument("--out", required=True, metavar="DIR", help="pipeline folder to write (local or s3://)")
-    parser.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
-                        help="config overrides, e.g. ar.head.depth=4 sample.num_steps=20")
+    add_overrides(parser, "e.g. ar.head.depth=4 sample.num_steps=20 (sample.* become the folder's sampling "
+                          "defaults)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the random initialisation (default 0)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing pipeline folder")
 
@@ -20,14 +22,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     import torch
 
-    from ray_jobs._entry import UserError
     from vgt import io as vio
+    from vgt.errors import VGTError
     from vgt.pipeline import INDEX_FILE, VGTPipeline
     from vgt.presets import get_preset
 
+    cfg = get_preset(args.preset, args.overrides)  # flag mistakes first (exit 2), then refusals (exit 1)
     if vio.exists(vio.join(args.out, INDEX_FILE)) and not args.overwrite:
-        raise UserError(f"{args.out} already holds a pipeline; pass --overwrite to replace it")
-    cfg = get_preset(args.preset, args.overrides)
+        raise VGTError(f"{args.out} already holds a pipeline; pass --overwrite to replace it")
     torch.manual_seed(args.seed)
     prints = VGTPipeline.from_config(cfg).save_pretrained(args.out)
     print(f"wrote {args.preset} pipeline to {args.out} (ar {prints['ar']}, ae {prints['ae']})")

@@ -108,12 +108,12 @@ def test_cli_refuses_checkpoints_with_unplaced_keys(tmp_path, capsys):
     del ref["down_mlp.3.bias"]
     torch.save(ref, tmp_path / "bad.pth")
     assert cli(["convert", "--from", "reference", "--in", str(tmp_path / "bad.pth"), "--out",
-                str(tmp_path / "ae"), "--preset", "tiny"]) == 2
+                str(tmp_path / "ae"), "--preset", "tiny"]) == 1  # refused: nothing written
     err = capsys.readouterr().err
     assert "unmapped encoder.encoder.layers.0.attn.mystery" in err and "missing down_mlp.3.bias" in err
     assert not (tmp_path / "ae").exists()
     (tmp_path / "junk.pth").write_bytes(b"not a checkpoint")
-    assert cli(["convert", "--from", "reference", "--in", str(tmp_path / "junk.pth"), "--out", str(tmp_path / "x")]) == 2
+    assert cli(["convert", "--from", "reference", "--in", str(tmp_path / "junk.pth"), "--out", str(tmp_path / "x")]) == 1
     assert "cannot read" in capsys.readouterr().err
 
 
