@@ -113,7 +113,7 @@ def check_compatible(state: dict, world: int, strategy: str) -> None:
         raise TrainInputError(
             f"the checkpoint at step {state['step']} was written by {state['world_size']} workers; this run "
             f"has {world}. The data order depends on the world size, so resuming would silently "
-            f"change it: rerun with --workers {state['world_size']}, or start a new run folder.")
+            f"change it: rerun with --num-workers {state['world_size']}, or start a new run folder.")
     if state["strategy"] != strategy:
         raise TrainInputError(f"the checkpoint was written with train.strategy={state['strategy']}; "
                           f"this run uses {strategy}")
