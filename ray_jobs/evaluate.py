@@ -95,6 +95,7 @@ def run(args: argparse.Namespace) -> int:
     for uri in filter(None, inputs):  # missing inputs are refused before Ray starts (exit 1)
         if not uri.startswith(("http://", "https://")) and not vio.exists(uri):
             raise VGTError(f"{uri!r} does not exist")
+    check_folders(args)
     defer_ray(args.address)
     try:
         result = _dispatch(args)
@@ -106,6 +107,19 @@ def run(args: argparse.Namespace) -> int:
     if args.what == "recon" and args.out:
         vio.write_bytes(args.out, json.dumps(result, indent=1).encode())
     return 0
+
+
+def check_folders(args) -> None:
+    """A folder of the wrong kind is refused here (ArtifactError, exit 1), not inside a Ray actor."""
+    from vgt.artifacts import read_component_config
+    from vgt.data.reader import PreparedDataset
+    from vgt.pipeline import read_index
+
+    if args.what == "recon":
+        read_component_config(args.ae, "ae")
+        PreparedDataset(args.data)
+    elif not args.model.startswith(("http://", "https://")):
+        read_index(args.model)
 
 
 def _dispatch(args) -> dict:

@@ -23,13 +23,20 @@ def gpus_per_replica(text: str) -> str | float:
     return value
 
 
+def tcp_port(text: str) -> int:
+    """`--port`: 1..65535."""
+    if not text.isdigit() or not 1 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"expected a TCP port 1-65535, got {text!r}")
+    return int(text)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from ray_jobs._entry import add_address, at_least, hidden_alias
+    from ray_jobs._entry import add_address, hidden_alias
 
     parser.add_argument("--model", required=True, help="pipeline folder to serve: local path or s3://")
     parser.add_argument("--host", default="127.0.0.1",
                         help="HTTP bind address (default 127.0.0.1; 0.0.0.0 for every interface)")
-    parser.add_argument("--port", type=at_least(1), default=None,
+    parser.add_argument("--port", type=tcp_port, default=None,
                         help="HTTP port (default: the Serve config's, 8000 in cluster/serve.yaml)")
     parser.add_argument("--config", default=None, help="Serve config file (default: cluster/serve.yaml)")
     parser.add_argument("--num-gpus", type=gpus_per_replica, default="auto", metavar="auto|G",

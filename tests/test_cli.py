@@ -198,13 +198,39 @@ def test_serve_refuses_an_unreadable_config_before_ray(tmp_path, capsys):
     assert "does not exist" in line
 
 
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory) -> str:
+    path = str(tmp_path_factory.mktemp("cli") / "pipe")
+    assert main(["init", "--preset", "tiny", "--out", path, "--set", "sample.sampler=sde"]) == 0
+    return path
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--height", "10"], "height and width must be at least"),
+    (["--num-steps", "1"], "the SDE sampler needs --num-steps >= 2"),
+])
+def test_generate_refuses_values_the_folder_cannot_sample_with(tiny_folder, tmp_path, extra, message, capsys):
+    argv = ["generate", "--model", tiny_folder, "--out", str(tmp_path / "o"), "--prompt", "x", *extra]
+    assert message in one_line_error(argv, 2, capsys)
+    assert not (tmp_path / "o").exists()  # refused before any output
+
+
+def test_eval_refuses_a_folder_of_another_kind_before_ray(tiny_folder, tmp_path, capsys):
+    assert "is not a vgt ae folder" in one_line_error(
+        ["eval", "recon", "--ae", tiny_folder, "--data", str(tmp_path)], 1, capsys)
+    assert "is not a vgt pipeline folder" in one_line_error(
+        ["eval", "geneval-images", "--model", str(tmp_path), "--prompts", tiny_folder, "--out", OUT], 1, capsys)
+    assert "a `vgt prep` output" in one_line_error(
+        ["eval", "recon", "--ae", f"{tiny_folder}/ae", "--data", str(tmp_path)], 1, capsys)
+
+
+def test_serve_port_is_checked_by_argparse(capsys):
+    assert "expected a TCP port 1-65535" in usage_error(["serve", "--model", MODEL, "--port", "70000"], capsys)
+
+
 def test_python_m_entry_point_takes_the_same_flags():
     result = subprocess.run([sys.executable, "-m", "ray_jobs.generate", *GENERATE, "--steps", "3"], cwd=REPO,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert result.stderr.strip().splitlines()[-1] == (
         "python -m ray_jobs.generate: error: --steps is now --num-steps (flow-head steps per token)")
-    result = subprocess.run([sys.executable, "-m", "ray_jobs.generate", *GENERATE], cwd=REPO,
-                            capture_output=True, text=True, timeout=120)
-    assert result.returncode == 1 and result.stderr.strip().splitlines()[-1].startswith("error: ")
-    assert "Traceback" not in result.stderr
