@@ -224,6 +224,10 @@ def test_eval_refuses_a_folder_of_another_kind_before_ray(tiny_folder, tmp_path,
         ["eval", "recon", "--ae", f"{tiny_folder}/ae", "--data", str(tmp_path)], 1, capsys)
 
 
+def test_unknown_command_is_a_usage_error(capsys):
+    assert "invalid choice: 'generat'" in usage_error(["generat", "--model", MODEL], capsys)
+
+
 def test_serve_port_is_checked_by_argparse(capsys):
     assert "expected a TCP port 1-65535" in usage_error(["serve", "--model", MODEL, "--port", "70000"], capsys)
 
