@@ -235,18 +235,50 @@ def test_sampler_autoscales_up_while_decoder_stays(service):
 
 
 def test_killing_a_sampler_replica_during_load_fails_no_request(service):
+    """Under load, with two sampler replicas, one request is followed until a replica reports it
+    computing (`stats()["running_ids"]`, asked of every replica with `broadcast`), and exactly that
+    replica is killed: the request was in flight by construction, and it and every other request
+    succeed through the ingress's one retry on the surviving replica. (Its batch computes for about
+    a second under this load; a poll answers in ~20 ms and is repeated at once, so the kill lands
+    long before the batch could end.)"""
+    import uuid
+
     import ray
+    from ray import serve
 
-    async def kill_one_sampler_mid_load():
-        await asyncio.sleep(1.0)
-        victim = next(a for a in ray.util.list_named_actors(all_namespaces=True)
-                      if a["name"].startswith("SERVE_REPLICA") and "ARSampler" in a["name"])
-        ray.kill(ray.get_actor(victim["name"], namespace=victim["namespace"]), no_restart=True)
-        await asyncio.sleep(3.0)  # keep the load on while the router notices
+    sampler = serve.get_deployment_handle("ARSampler", "vgt")
+    rid = f"kill-{uuid.uuid4().hex[:12]}"
+    tracked: dict = {}
 
-    responses = asyncio.run(sustained(service["url"], kill_one_sampler_mid_load))
+    def replica_computing(request_id: str) -> str | None:
+        """The tag of the sampler replica whose running batch holds the request, if any."""
+        for s in sampler.broadcast("stats").results(timeout_s=10, return_exceptions=True):
+            if isinstance(s, dict) and request_id in s["running_ids"]:
+                return s["replica"]
+        return None
+
+    async def kill_the_replica_computing_one_request():
+        deadline = time.monotonic() + 90
+        while replicas("ARSampler") < 2:  # a replica to retry on: the load scales the sampler up
+            assert time.monotonic() < deadline, "the sampler did not scale to 2 replicas"
+            await asyncio.sleep(0.25)
+        async with httpx.AsyncClient(timeout=180, headers={"Authorization": f"Bearer {KEY}"}) as client:
+            # The longest request the limits allow (4 images x 100 steps).
+            request = asyncio.ensure_future(client.post(
+                f"{service['url']}/v1/images/generations", headers={"X-Request-ID": rid},
+                json={"prompt": PROMPT, "seed": 7, "n": 4, "num_steps": 100}))
+            while (tag := await asyncio.to_thread(replica_computing, rid)) is None:
+                assert not request.done(), f"request {rid} finished before a replica reported it computing"
+            (victim,) = [a for a in ray.util.list_named_actors(all_namespaces=True)
+                         if a["name"].startswith("SERVE_REPLICA") and a["name"].endswith(f"#ARSampler#{tag}")]
+            ray.kill(ray.get_actor(victim["name"], namespace=victim["namespace"]), no_restart=True)
+            tracked["response"] = await request  # the load stays on while the router notices
+
+    responses = asyncio.run(sustained(service["url"], kill_the_replica_computing_one_request))
+    killed = tracked["response"]
+    assert killed.status_code == 200 and killed.headers["x-request-id"] == rid
+    assert killed.headers["x-vgt-retries"] == "1"  # it was computing on the killed replica
     assert [r.status_code for r in responses] == [200] * len(responses)
-    assert sum(int(r.headers["x-vgt-retries"]) for r in responses) >= 1  # the kill hit requests in flight
 
 
 def test_bounded_load_has_no_errors_and_batches(service):

@@ -34,6 +34,7 @@ class BatchingReplica:
         self._waiting: set[int] = set()
         self._metrics = metrics()
         self.cancelled = self.aborted = self.running = 0  # for `stats()`
+        self._running_jobs: list = []  # the batch on the worker thread now, for `stats()`
 
     def reconfigure(self, config: dict) -> None:
         """`user_config`: {max_batch_size, batch_wait_timeout_s} of this stage's @serve.batch."""
@@ -67,20 +68,24 @@ class BatchingReplica:
         tags = {"stage": self.STAGE}
         self._metrics["batch_images"].observe(images, tags=tags)
         self._metrics["batch_requests"].observe(len(jobs), tags=tags)
-        start, self.running = time.perf_counter(), len(jobs)
+        start, self.running, self._running_jobs = time.perf_counter(), len(jobs), jobs
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pool, fn, jobs)
         finally:
-            self.running = 0
+            self.running, self._running_jobs = 0, []
             self._metrics["stage_seconds"].observe(time.perf_counter() - start, tags=tags)
 
     def _gauge(self) -> None:
         self._metrics["queue_depth"].set(len(self._waiting), tags={"stage": self.STAGE})
 
     def stats(self) -> dict:
-        """Jobs cancelled by their callers, groups stopped mid-way, jobs waiting and running now."""
+        """Jobs cancelled by their callers, groups stopped mid-way, jobs waiting and running now;
+        introspection for operators and tests (`handle.broadcast("stats")` asks every replica):
+        `replica` is this replica's Serve tag (its actor is `SERVE_REPLICA::<app>#<deployment>#<tag>`)
+        and `running_ids` the request ids of the jobs in the batch computing now (sampler only)."""
         return {"cancelled": self.cancelled, "aborted": self.aborted, "waiting": len(self._waiting),
-                "running": self.running}
+                "running": self.running, "replica": serve.get_replica_context().replica_tag,
+                "running_ids": [getattr(j, "request_id", "") for j in self._running_jobs]}
 
 
 @serve.deployment(name="ARSampler")
