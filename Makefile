@@ -1,4 +1,4 @@
-# Two entry points for a fresh machine: `make demo` and `make test`.
+# Two entry points for a fresh machine: `make demo` and `make test` (`make test-fast`: no Ray).
 PY        ?= python3.11
 VENV      ?= .venv
 VPY       := $(VENV)/bin/python
@@ -8,7 +8,7 @@ WHEELS    ?= $(shell $(PY) -m pip config get global.find-links 2>/dev/null || ec
 TORCH     ?= torch==2.13.0
 STAMP     := $(VENV)/.installed
 
-.PHONY: venv test demo bench clean
+.PHONY: venv test test-fast demo bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -23,6 +23,10 @@ venv: $(STAMP)
 
 test: $(STAMP)
 	$(VPY) -m pytest -q $(PYTEST_ARGS)
+
+# No Ray cluster and no full demo: the unit and CLI tests, a couple of minutes on 2 cores.
+test-fast: $(STAMP)
+	$(VPY) -m pytest -q -m "not ray and not slow" $(PYTEST_ARGS)
 
 demo: $(STAMP)
 	$(VENV)/bin/vgt demo --out $(or $(OUT),runs/demo)

@@ -34,6 +34,19 @@ os.environ.update(
 )
 
 
+# Tests that request one of these (directly or through another fixture, e.g. test_serve's
+# `service`) use a Ray cluster: they get the `ray` marker, so `-m "not ray"` (`make test-fast`)
+# leaves them out. Modules that start Ray themselves set `pytestmark = pytest.mark.ray`.
+RAY_FIXTURES = {"ray_cluster"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before -m deselects
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if RAY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.ray)
+
+
 @pytest.fixture(scope="session")
 def ray_cluster():
     """A local Ray cluster on loopback (2 CPUs, small object store), shared by the session."""

@@ -21,6 +21,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.ray  # starts its own Ray head
+
 REPO = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent
 # What the upload leaves out (as the README's command does): the virtualenv, git history,

@@ -80,6 +80,7 @@ def check_report(out, n: int, budget_s: float) -> dict:
     return metrics
 
 
+@pytest.mark.ray  # the demo starts its own Ray cluster
 @pytest.mark.timeout(900)  # Ray start, 2 x Ray Train, Serve deploy: ~2-4 min on 2 idle cores, ~9 on busy ones
 def test_short_demo_writes_a_complete_report(tmp_path):
     out = tmp_path / "demo"
@@ -92,6 +93,7 @@ def test_short_demo_writes_a_complete_report(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.ray
 @pytest.mark.timeout(1500)
 def test_full_default_demo(tmp_path):
     out = tmp_path / "demo"
