@@ -312,7 +312,7 @@ def uri_arguments(argv: list[str]) -> list[str]:
 def test_shell_commands_split_like_a_shell():
     assert shell_commands("python -m a --x 's p' && python -m b;c|d") == [
         ["python", "-m", "a", "--x", "s p"], ["python", "-m", "b"], ["c"], ["d"]]
-    assert uri_arguments(["--data", "s3://b/x=3", "s3://b/y", "--workers", "8", "--out", "s3://b/o"]) == [
+    assert uri_arguments(["--data", "s3://b/x=3", "s3://b/y", "--num-workers", "8", "--out", "s3://b/o"]) == [
         "s3://b/x", "s3://b/y", "s3://b/o"]
 
 

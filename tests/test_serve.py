@@ -216,7 +216,13 @@ def test_requests_with_different_settings_share_a_batch_correctly(service):
         if all(r.headers["x-vgt-sampler-batch"] == "2" for r in together):
             break
     assert [r.headers["x-vgt-sampler-batch"] for r in together] == ["2", "2"]
-    assert [r.json()["data"] for r in together] == alone  # each group ran exactly as alone
+    # Each group samples exactly as alone; the decoder may then batch the two images together or
+    # not (timing), and CPU convolutions are not batch-invariant: within one uint8 level (README
+    # tolerance policy), not bytes.
+    for response, expected in zip(together, alone):
+        (got,), (want,) = response.json()["data"], expected
+        diff = np.abs(pixels(got["b64_json"]).astype(int) - pixels(want["b64_json"]).astype(int))
+        assert diff.max() <= 1, f"{(diff > 1).sum()} pixels differ by more than one level"
 
 
 def test_sampler_autoscales_up_while_decoder_stays(service):
