@@ -30,7 +30,7 @@ def run_training(args: argparse.Namespace, stage: str, stage_key: str, ae: str |
     """Parsed flags -> `pipelines.train.launch.train`."""
     from pipelines.train.config import ray_train_config, split_overrides
     from pipelines.train.launch import train
-    from ray_jobs._entry import connect_ray
+    from ray_jobs._entry import defer_ray
     from vgt.config import flat_keys
     from vgt.presets import get_preset
 
@@ -42,6 +42,6 @@ def run_training(args: argparse.Namespace, stage: str, stage_key: str, ae: str |
         ray_overrides.append(f"num_workers={args.num_workers}")
     cfg = get_preset(args.preset, model_overrides)
     ray_cfg = ray_train_config(ray_overrides)
-    connect_ray(args.address)
+    defer_ray(args.address)  # Ray starts after the inputs are checked
     return train(stage, stage_key, cfg, [d for d in args.data if d not in moved], args.out, ray_cfg,
                  steps=args.steps, init=getattr(args, "init", None), ae=ae, default_strategy_gpu=default_strategy_gpu)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 import math
 
 import pytest
@@ -74,3 +75,22 @@ def test_in_distribution_prompts_are_training_combinations_of_the_benchmark_kind
     assert not any(heldout(s) for s in picked) and len(set(picked)) == len(picked)
     assert sorted(s.kind for s in picked) == sorted(s.kind for s in eval_prompts())
     assert picked == calibrate.in_distribution_prompts()  # a fixed draw
+
+
+@pytest.mark.timeout(180)
+def test_learning_benchmark_quick_compares_variants_on_the_engine(tmp_path):
+    from pipelines.bench import learning
+
+    variants = {"preset": learning.Variant(), "batch order": learning.Variant(ar=("ar.per_sample_order=false",)),
+                "AE noise": learning.Variant(ae=("train.ae_stage1.noise_gamma=0.2",))}
+    rows = learning.run(quick=True, variants=variants, root=str(tmp_path))
+    assert [(r["variant"], r["cpu_min"]) for r in rows] == [
+        (v, m) for v in variants for m in learning.QUICK.marks]
+    for r in rows:
+        assert r["steps"] > 0 and r["samples_per_cpu_min"] == pytest.approx(r["samples"] / r["cpu_min"])
+        assert all(0 <= r[c] <= 1 for c in learning.COLUMNS)
+    # the second variant reused the first one's AE; the third trained its own
+    assert sorted(os.listdir(tmp_path)) == ["ae-0", "ae-1", "ar-0", "ar-1", "ar-2"]
+    from vgt.ae import VGTAutoencoder
+
+    assert VGTAutoencoder.from_pretrained(str(tmp_path / "ae-1" / "export")).config.noise_gamma == 0.2
