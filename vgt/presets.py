@@ -50,8 +50,9 @@ def _demo() -> VGTConfig:
     """`vgt demo` on synthetic shapes (README "Calibration"): a 4-layer 192-wide LLM (1.7M
     parameters + 0.1M projections/queries), a 224 x 4 flow head (1.2M), the tiny vision tower and a
     5-stage DC-AE decoder (0.3M), 112 px, 4x4x32 latents.
-    One AE stage with the channel LayerNorm on (the AR stage samples normalised latents), MSE only
-    (no perceptual weights, no GAN). Step counts fit the demo's default budget on 2 cores."""
+    One AE stage with the channel LayerNorm on (the AR stage samples normalised latents) and VGT's
+    latent noise (0.2: the generator learns colour faster on it, README "Why the demo learns
+    slowly"), MSE only (no perceptual weights, no GAN). Step counts fit the demo's default budget on 2 cores."""
     hf_config = copy.deepcopy(TINY_INTERNVL)
     hf_config["text_config"].update(hidden_size=192, intermediate_size=512, num_hidden_layers=4,
                                     num_attention_heads=4, num_key_value_heads=2)
@@ -66,7 +67,7 @@ def _demo() -> VGTConfig:
     cfg.data.image_format = "png"  # flat colours: lossless
     cfg.train = TrainConfig(
         ae_stage1=AEStageConfig(steps=2500, batch_size=8, lr=1e-3, end_lr=1e-4, warmup_steps=20, encoder_lr_mult=1.0,
-                                encoder_norm=True, noise_gamma=0.0, distill_weight=0.0, lpips_weight=0.0,
+                                encoder_norm=True, noise_gamma=0.2, distill_weight=0.0, lpips_weight=0.0,
                                 convnext_weight=0.0, gan_weight=0.0, disc_start=10**9),
         # EMA over ~the last 100 steps: a 0.999 average lags a run of a few hundred steps
         ar_pretrain=ARStageConfig(steps=1500, batch_size=32, lr=1e-3, end_lr=1e-4, warmup_steps=50,
