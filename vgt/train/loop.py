@@ -2,8 +2,8 @@
 
 It runs the same way inside a Ray Train worker (`pipelines.train.worker` passes Ray's checkpoint
 and report function in) and in a plain process (no checkpoint, no report: benchmarks, calibration,
-in-process tests). The loop owns resume, data position, checkpoints, metrics, the fault-injection
-drill and the export; the stage owns its models and its step.
+in-process tests). The loop owns resume, data position, checkpoints, metrics and the export; the
+stage owns its models and its step; callers hook in after each step (`after_step`).
 """
 from __future__ import annotations
 

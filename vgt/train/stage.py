@@ -2,7 +2,7 @@
 
 A stage (the AE stage, the AR stage, or a test's toy model) is built on every worker as
 `Stage(spec, env)`; `vgt.train.loop.run_loop` owns everything else (resume, data position,
-checkpoints, metrics, the fault-injection drill, the export). Stages register under a short name
+checkpoints, metrics, the export). Stages register under a short name
 (`"ae"`, `"ar"`), which is what a `LoopSpec` carries across processes.
 """
 from __future__ import annotations
