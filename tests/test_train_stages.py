@@ -113,13 +113,25 @@ def test_ae_cli_run_exports_a_loadable_ae_and_all_reduces_lecam(ae_run):
     assert kept == ["step-00000002", "step-00000003"]  # keep_checkpoints=2
 
 
-def test_ae_optimiser_groups_follow_the_spec(prepared, tmp_path):
+def ae_stage(cfg, tmp_path):
     from vgt.train.ae_stage import AEStage
+
+    return AEStage(LoopSpec(stage="", stage_key="ae_stage1", config=to_dict(cfg), data=[], out=str(tmp_path),
+                            steps=10), WorkerEnv())
+
+
+def lr_by_name(stage) -> dict[str, float]:
+    names = {id(p): n for n, p in stage.ae.named_parameters()}
+    return {names[id(p)]: g["initial_lr"] for g in stage.trainables.optimizers["ae"].param_groups
+            for p in g["params"]}
+
+
+@pytest.mark.timeout(120)
+def test_ae_optimiser_groups_follow_the_spec(tmp_path):
     from vgt.train.optim import NO_DECAY_KEYWORDS
 
     cfg = get_preset("tiny")
-    stage = AEStage(LoopSpec(stage="", stage_key="ae_stage1", config=to_dict(cfg), data=[], out=str(tmp_path),
-                             steps=10), WorkerEnv())
+    stage = ae_stage(cfg, tmp_path)
     s = cfg.train.ae_stage1
     names = {id(p): n for n, p in stage.ae.named_parameters()}
     groups = stage.trainables.optimizers["ae"].param_groups
@@ -127,13 +139,41 @@ def test_ae_optimiser_groups_follow_the_spec(prepared, tmp_path):
     for g in groups:
         for p in g["params"]:
             name = names[id(p)]
-            assert g["initial_lr"] == s.lr * (s.encoder_lr_mult if name.startswith("encoder.") else 1.0), name
+            # the reference: the vision tower at encoder_lr_mult, the projector (its own `mlp1`) at 1.0
+            tower = name.startswith("encoder.") and not name.startswith("encoder.projector.")
+            assert g["initial_lr"] == s.lr * (s.encoder_lr_mult if tower else 1.0), name
             no_decay = p.ndim < 2 or any(k in name for k in NO_DECAY_KEYWORDS)
             assert g["weight_decay"] == (0.0 if no_decay else s.weight_decay), name
+    assert any(n.startswith("encoder.projector.") for n in names.values())
     assert stage.trainables.optimizers["ae"].defaults["betas"] == (0.9, 0.95)
     disc = stage.trainables.optimizers["disc"].param_groups
     assert {g["initial_lr"] for g in disc} == {s.disc_lr}
     assert not any(p.requires_grad for p in stage.trainables.modules["ae"].teacher.parameters())
+
+
+@pytest.mark.timeout(120)
+def test_ae_projector_lr_switch_and_families(tmp_path):
+    cfg = get_preset("tiny", ["train.ae_stage1.projector_at_encoder_lr=true"])
+    s = cfg.train.ae_stage1
+    lrs = lr_by_name(ae_stage(cfg, tmp_path))
+    assert lrs["encoder.projector.linear_1.weight"] == s.lr * s.encoder_lr_mult  # the earlier grouping
+    assert all(lr == s.lr * (s.encoder_lr_mult if n.startswith("encoder.") else 1.0) for n, lr in lrs.items())
+    # Qwen2.5-VL's merger is inside its vision tower (also in the reference): tower LR either way
+    for switch in ("false", "true"):
+        cfg = get_preset("tiny-qwen", [f"train.ae_stage1.projector_at_encoder_lr={switch}"])
+        s = cfg.train.ae_stage1
+        lrs = lr_by_name(ae_stage(cfg, tmp_path))
+        assert lrs["encoder.visual.merger.mlp.0.weight"] == s.lr * s.encoder_lr_mult
+        assert all(lr == s.lr * (s.encoder_lr_mult if n.startswith("encoder.") else 1.0) for n, lr in lrs.items())
+
+
+@pytest.mark.timeout(120)
+def test_demo_ae_learning_rates_do_not_depend_on_the_projector_switch(tmp_path):
+    """The demo preset trains its encoder at the base LR (encoder_lr_mult 1.0): both groupings agree."""
+    lrs = [lr_by_name(ae_stage(get_preset("demo", [f"train.ae_stage1.projector_at_encoder_lr={v}"]), tmp_path))
+           for v in ("false", "true")]
+    assert get_preset("demo").train.ae_stage1.encoder_lr_mult == 1.0
+    assert lrs[0] == lrs[1] and set(lrs[0].values()) == {get_preset("demo").train.ae_stage1.lr}
 
 
 def test_stage2_and_sft_need_init(prepared, tmp_path, capsys):

@@ -198,7 +198,12 @@ class AEStageConfig:
     warmup_steps: int = 3000
     """Steps of linear LR warm-up."""
     encoder_lr_mult: float = 0.5
-    """LR multiplier of the encoder (vision tower + projector) parameters."""
+    """LR multiplier of the vision tower's parameters (`encoder.*`; InternVL's projector: see
+    `projector_at_encoder_lr`)."""
+    projector_at_encoder_lr: bool = False
+    """False (reference): InternVL's projector (`encoder.projector.*`, the reference's separate `mlp1`) trains
+    at the base LR; True: at `encoder_lr_mult` with the vision tower (vgt's grouping before the reference was
+    matched). Qwen2.5-VL's merger is part of its vision tower and follows `encoder_lr_mult` either way."""
     weight_decay: float = 1e-4
     """AdamW weight decay (none for 1-d tensors, biases, norms and embeddings); also the discriminator's."""
     betas: tuple[float, float] = (0.9, 0.95)

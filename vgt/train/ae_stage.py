@@ -31,6 +31,18 @@ from vgt.data.encode import center_crop_pixels
 PREVIEW_IMAGES = 4
 
 
+def lr_multipliers(ae: VGTAutoencoder, s) -> dict[str, float]:
+    """Name prefix -> LR multiplier of the AE's parameters (first match wins; the rest train at 1.0).
+
+    The vision tower trains at `encoder_lr_mult`. The reference keeps InternVL's projector as its own
+    module (`mlp1`) outside its 0.5x encoder group, so by default ours (`encoder.projector.*`) trains
+    at the base LR; `projector_at_encoder_lr` puts it with the tower. Qwen2.5-VL's merger sits inside
+    `encoder.visual` (in the reference too, inside its encoder), so it always follows the tower.
+    """
+    separate = hasattr(ae.encoder, "projector") and not s.projector_at_encoder_lr
+    return {**({"encoder.projector.": 1.0} if separate else {}), "encoder.": s.encoder_lr_mult}
+
+
 @register("ae")
 class AEStage:
     columns = ["image"]
@@ -49,7 +61,7 @@ class AEStage:
         self.perceptual = PerceptualLoss.from_config(cfg.train.perceptual, s.lpips_weight,
                                                      s.convnext_weight).to(env.device).eval()
         opt_g = adamw(param_groups(self.ae.named_parameters(), s.lr, s.weight_decay,
-                                   {"encoder.": s.encoder_lr_mult}, NO_DECAY_KEYWORDS), s.lr, s.betas)
+                                   lr_multipliers(self.ae, s), NO_DECAY_KEYWORDS), s.lr, s.betas)
         opt_d = adamw(param_groups(self.disc.named_parameters(), s.disc_lr, s.weight_decay,
                                    no_decay_keywords=NO_DECAY_KEYWORDS), s.disc_lr, s.betas)
         end = s.end_lr / s.lr
