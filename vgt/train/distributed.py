@@ -7,6 +7,7 @@ the benchmarks and the in-process tests use.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 from dataclasses import dataclass, field
 from typing import Callable, Iterable
@@ -24,19 +25,29 @@ class WorkerEnv:
     world: int = 1
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     strategy: str = "none"  # "ddp" | "fsdp2" | "none" (single process, no process group)
+    compute_dtype: torch.dtype | None = None
+    """The mixed-precision setting: the dtype forward passes compute in (weights and optimiser states stay
+    fp32). None: bf16 on GPU, fp32 on CPU (what the tests compare bitwise); tests may ask for bf16 on CPU.
+    It drives the autocast, FSDP2's parameter dtype and the attention kernel choice alike."""
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
             raise ValueError(f"train.strategy must be one of {STRATEGIES}, got {self.strategy!r}")
+        if self.compute_dtype is None:
+            self.compute_dtype = torch.bfloat16 if self.device.type == "cuda" else torch.float32
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
 
+    @property
+    def mixed_precision(self) -> bool:
+        return self.compute_dtype != torch.float32
+
     def autocast(self):
-        """bf16 autocast on GPU; CPU trains in fp32 (what the tests compare bitwise)."""
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        """Autocast to `compute_dtype` (bf16 on GPU); a no-op in fp32 (CPU by default)."""
+        if self.mixed_precision:
+            return torch.autocast(self.device.type, dtype=self.compute_dtype)
         return contextlib.nullcontext()
 
     def mean(self, values: torch.Tensor) -> torch.Tensor:
@@ -71,12 +82,18 @@ def distribute(module: nn.Module, env: WorkerEnv, blocks: Iterable[nn.Module] = 
     if env.strategy == "fsdp2":
         from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-        # GPU: bf16 compute with fp32 master weights and fp32 gradient reduction (docs/reference.md §6.4).
-        mp = (MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
-              if env.device.type == "cuda" else MixedPrecisionPolicy())
+        # Mixed precision (GPU): compute_dtype (bf16) parameters in compute with fp32 master weights and fp32
+        # gradient reduction (docs/reference.md §6.4).
+        mp = (MixedPrecisionPolicy(param_dtype=env.compute_dtype, reduce_dtype=torch.float32)
+              if env.mixed_precision else MixedPrecisionPolicy())
         for block in blocks:
             fully_shard(block, mp_policy=mp)
-        fully_shard(module, mp_policy=mp)
+        # The root's forward inputs stay as given (DDP does the same): with casting on, FSDP2 would round
+        # the AR model's latents to bf16 before they become the flow loss's targets, which must stay fp32
+        # (ar.fp32_flow). The root's own ops run under the autocast (`env.autocast()`), and its forward casts
+        # explicitly where a layer needs the parameter dtype (`in_proj(tokens.to(self.dtype))`); the blocks
+        # keep casting their inputs (hidden states are in the compute dtype there anyway).
+        fully_shard(module, mp_policy=dataclasses.replace(mp, cast_forward_inputs=False))
     return module
 
 
