@@ -5,8 +5,8 @@ AE checkpoints (`vgt_ae_internvl3.pth`, `vgt_ae_qwen25vl.pth`) become an AE fold
 `state_dict`/`ema_state_dict`) become a pipeline folder that `VGTPipeline.from_pretrained` loads:
 the LLM, queries, projections and flow head from the checkpoint, the AE from its `vgt_ae.*` keys
 (or `--ae`), the tokenizer and LLM config from `--base` (the VLM the checkpoint was tuned from).
-Every conversion reports unmapped, missing and dropped keys and refuses to write a folder unless
-every weight found its place.
+Every conversion reports which weights it read, unmapped and missing keys, and the dropped keys
+counted by reason, and refuses to write a folder unless every weight found its place.
 
 `--from pth` re-saves any weights-only `.pth` state dict as one safetensors file: the way to
 bring the released perceptual-loss weights (torchvision VGG16 / ConvNeXt-S, LPIPS `vgg.pth`)
@@ -36,7 +36,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "tuned from; gives the tokenizer and LLM config (default: the preset's)")
     parser.add_argument("--ae", help="AR checkpoints without vgt_ae.* keys: an AE folder to pair them with")
     parser.add_argument("--weights", choices=["ema", "raw"], default="ema",
-                        help="AR checkpoints: EMA weights (the reference's `state_dict`, default) or raw ones")
+                        help="AR checkpoints: which of the two weight sets of an mmengine iter_N.pth to read. "
+                             "ema (default) reads its `state_dict`, which holds the EMA weights because the "
+                             "reference's EMA hook swaps the two dicts before saving; raw reads `ema_state_dict`, "
+                             "which after that swap holds the raw training weights (the set the reference's own "
+                             "sampling scripts load, as they prefer `ema_state_dict`). The report says which key "
+                             "was read; a file with only one set gives that one")
     add_overrides(parser, "applied to the preset before the weights are placed, e.g. sample.num_steps=20 "
                           "sample.guidance_scale=3 (keys that change the architecture must match the checkpoint)")
 
@@ -54,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
     ref = _read(load_reference_state, args.input)
     if ar_family(ref) is None:
         return convert_ae(args, ref)
-    return convert_ar(args, _read(load_reference_ar, args.input, args.weights))
+    return convert_ar(args, *_read(load_reference_ar, args.input, args.weights))
 
 
 def _read(loader, path: str, *extra):
@@ -121,7 +126,7 @@ def convert_ae(args: argparse.Namespace, ref) -> int:
     return 0
 
 
-def convert_ar(args: argparse.Namespace, ref) -> int:
+def convert_ar(args: argparse.Namespace, ref, source: str = "") -> int:
     from ray_jobs._entry import UserError
     from vgt.ae import VGTAutoencoder
     from vgt.backbones import load_tokenizer
@@ -151,7 +156,7 @@ def convert_ar(args: argparse.Namespace, ref) -> int:
     except OSError as e:
         raise VGTError(f"cannot load the tokenizer {cfg.ar.backbone.tokenizer!r}: {e}") from e
     try:
-        pipe, report = convert_reference_ar(ref, cfg, tokenizer, ae)
+        pipe, report = convert_reference_ar(ref, cfg, tokenizer, ae, source)
     except ValueError as e:  # weights that find no place: the conversion is refused, nothing written
         raise VGTError(str(e)) from e
     pipe.save_pretrained(args.out)

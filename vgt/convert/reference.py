@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 import torch
 
 DROPPED_PREFIXES = ("teacher.", "teacher_mlp1.")
+TEACHER = "teacher.*, teacher_mlp1.*: the AE's self-distillation teacher, not part of the inference AE"
 
 # InternViT layer suffix -> transformers InternVLVisionLayer suffix (qkv handled separately).
 _INTERNVIT_LAYER = {
@@ -42,18 +43,27 @@ _LAYER_RE = re.compile(r"^encoder\.encoder\.layers\.(\d+)\.(.+?)(\.weight|\.bias
 
 @dataclass
 class ConversionReport:
-    """What a conversion did: keys it could not place, keys the target still lacks, keys it dropped."""
+    """What a conversion did: what it read, keys it could not place, keys the target still lacks,
+    keys it dropped (each with its reason)."""
 
     unmapped: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     dropped: list[str] = field(default_factory=list)
+    dropped_why: dict[str, list[str]] = field(default_factory=dict)  # reason -> the keys dropped for it
+    source: str = ""  # which part of the file was read, and why
 
     @property
     def ok(self) -> bool:
         return not self.unmapped and not self.missing
 
+    def drop(self, key: str, reason: str) -> None:
+        self.dropped.append(key)
+        self.dropped_why.setdefault(reason, []).append(key)
+
     def summary(self) -> str:
-        lines = [f"unmapped: {len(self.unmapped)}, missing: {len(self.missing)}, dropped: {len(self.dropped)}"]
+        lines = [f"read {self.source}"] if self.source else []
+        lines.append(f"unmapped: {len(self.unmapped)}, missing: {len(self.missing)}, dropped: {len(self.dropped)}")
+        lines += [f"  dropped {len(keys)}: {reason}" for reason, keys in self.dropped_why.items()]
         lines += [f"  unmapped {k}" for k in self.unmapped] + [f"  missing {k}" for k in self.missing]
         return "\n".join(lines)
 
@@ -111,7 +121,7 @@ def map_reference_ae(ref: dict[str, torch.Tensor], family: str,
     out, report = {}, ConversionReport()
     for key, tensor in ref.items():
         if key.startswith(DROPPED_PREFIXES):
-            report.dropped.append(key)
+            report.drop(key, TEACHER)
             continue
         mapped = _map_ae_key(key, tensor, family)
         if mapped is None or not set(mapped) <= target_keys:
