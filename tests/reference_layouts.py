@@ -1,5 +1,28 @@
-"""Our state dicts written back in the reference (hustvl/VGT) names: inverse maps for the converter tests."""
+"""Our state dicts written back in the reference (hustvl/VGT) names: inverse maps for the converter tests
+(round trips with values), and the reference's own key lists (tests/data/reference_*_keys.json, written by
+tests/data/reference_keys.py from the reference's module definitions) for the completeness tests."""
+import json
+import re
+from pathlib import Path
+
 import torch
+
+DATA = Path(__file__).parent / "data"
+
+
+def reference_key_list(file: str, name: str) -> dict[str, tuple[int, ...]]:
+    """One complete reference key list, its `{placeholder}` patterns expanded over their ranges."""
+    spec = json.loads((DATA / file).read_text())[name]
+    out = {}
+    for pattern, shape in spec["keys"].items():
+        found = re.findall(r"\{(\w+)\}", pattern)
+        if not found:
+            out[pattern] = tuple(shape)
+            continue
+        (var,) = found
+        out.update({pattern.replace(f"{{{var}}}", str(n)): tuple(shape) for n in range(spec["ranges"][var])})
+    return out
+
 
 _AE_RENAMES = [("embeddings.cls_token", "embeddings.class_embedding"),
                ("embeddings.patch_embeddings.projection", "embeddings.patch_embedding"),

@@ -1,6 +1,5 @@
 """Reference (hustvl/VGT) AR checkpoints -> vgt pipeline folders."""
-import json
-from pathlib import Path
+import importlib.util
 
 import pytest
 import torch
@@ -8,38 +7,96 @@ import torch
 from ray_jobs.cli import main as cli
 from ray_jobs.convert import offline_preset
 from vgt.backbones import load_tokenizer, random_vlm
-from vgt.convert.reference_ar import map_reference_ar
+from vgt.convert.reference import TEACHER, map_reference_ae
+from vgt.convert.reference_ar import (NO_REPA, checkpoint_llm_layers, load_reference_ar, map_reference_ar,
+                                      reference_ae_part)
 from vgt.presets import get_preset
 
-from reference_layouts import reference_ae_layout, reference_ar_layout
+from reference_layouts import DATA, reference_ae_layout, reference_ar_layout, reference_key_list
 
-KEYS = json.loads((Path(__file__).parent / "data" / "reference_ar_keys.json").read_text())["internvl3_1b"]
-
-
-def expand(spec: dict) -> dict[str, list[int]]:
-    out = {}
-    for pattern, shape in spec["keys"].items():
-        for var, n in (("{i}", spec["layers"]), ("{j}", spec["blocks"])):
-            if var in pattern:
-                out.update({pattern.replace(var, str(k)): shape for k in range(n)})
-                break
-        else:
-            out[pattern] = shape
-    return out
+# the released AR checkpoints, trained with REPA: (key list in reference_ar_keys.json, our preset)
+RELEASED = [("internvl3_1b_repa", "internvl3-1b"), ("internvl3_2b_repa", "internvl3-2b")]
 
 
-def test_complete_reference_ar_key_list_maps_without_gaps():
+def shapes(state: dict) -> dict[str, tuple[int, ...]]:
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def meta_targets(preset: str, overrides: list[str]) -> tuple[dict, dict]:
+    """Key -> shape of our AR model and AE for `preset` (meta device: no weights, no hub)."""
+    from vgt.ae import VGTAutoencoder
     from vgt.ar.model import VGTModel
 
-    cfg = offline_preset("internvl3-1b")
+    cfg = offline_preset(preset, overrides)
     tok = load_tokenizer(get_preset("tiny").ar.backbone)  # token ids do not change any shape
     with torch.device("meta"):
-        target = {k: v.shape for k, v in VGTModel(cfg.ar, tokenizer=tok).state_dict().items()}
-    ref = {k: torch.empty(s, device="meta") for k, s in expand(KEYS).items()}
-    mapped, report = map_reference_ar(ref, set(target))
+        return shapes(VGTModel(cfg.ar, tokenizer=tok).state_dict()), shapes(VGTAutoencoder(cfg.ae).state_dict())
+
+
+def meta_reference(name: str) -> dict[str, torch.Tensor]:
+    return {k: torch.empty(s, device="meta") for k, s in reference_key_list("reference_ar_keys.json", name).items()}
+
+
+@pytest.mark.timeout(240)
+@pytest.mark.parametrize("name,preset", RELEASED)
+def test_complete_released_ar_key_lists_with_repa_map_without_gaps(name, preset):
+    """Every key of a released checkpoint (derived from the reference's modules) finds its place in a target
+    that keeps the REPA projector; only the LM head and the DINOv3 teacher are dropped."""
+    ref = meta_reference(name)
+    ar_target, ae_target = meta_targets(preset, ["ar.head.repa_dim=768"])
+    assert checkpoint_llm_layers(ref) == get_preset(preset).ar.backbone.hf_config["text_config"]["num_hidden_layers"]
+    mapped, report = map_reference_ar(ref, set(ar_target))
     assert report.unmapped == [] and report.missing == []
-    assert sorted(report.dropped) == ["dinov3_extractor.model.cls_token", "lmm.language_model.lm_head.weight"]
-    assert {k: tuple(v.shape) for k, v in mapped.items()} == {k: tuple(s) for k, s in target.items()}
+    teacher = [k for k in ref if k.startswith("dinov3_extractor.")]
+    assert len(teacher) == 162 and sorted(report.dropped) == sorted(["lmm.language_model.lm_head.weight", *teacher])
+    assert shapes(mapped) == ar_target and any(k.startswith("head.repa_projector.") for k in mapped)
+
+    ae_mapped, ae_report = map_reference_ae(reference_ae_part(ref), "internvl", set(ae_target))
+    assert ae_report.unmapped == [] and ae_report.missing == []
+    assert list(ae_report.dropped_why) == [TEACHER] and shapes(ae_mapped) == ae_target
+
+
+@pytest.mark.timeout(120)
+def test_a_target_without_repa_drops_the_projector_and_reports_how_many():
+    ref = meta_reference("internvl3_1b_repa")
+    ar_target, _ = meta_targets("internvl3-1b", [])  # REPA is opt-in: the preset has no projector
+    mapped, report = map_reference_ar(ref, set(ar_target))
+    assert report.ok
+    projector = [k for k in ref if k.startswith("image_head.net.repa_projector.")]
+    assert len(projector) == 6 and report.dropped_why[NO_REPA] == projector
+    assert f"  dropped 6: {NO_REPA}" in report.summary().splitlines()
+    assert not any("repa" in k for k in mapped) and shapes(mapped) == ar_target
+
+
+@pytest.mark.timeout(120)
+def test_committed_key_lists_are_what_the_generator_derives():
+    spec = importlib.util.spec_from_file_location("reference_keys", DATA / "reference_keys.py")
+    generator = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(generator)
+    assert (DATA / "reference_ae_keys.json").read_text() == generator.render(generator.ae_lists())
+    assert (DATA / "reference_ar_keys.json").read_text() == generator.render(generator.ar_lists())
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("weights,key,offset", [("ema", "state_dict", 0), ("raw", "ema_state_dict", 1)])
+def test_weights_choice_reads_the_named_top_level_key(tmp_path, weights, key, offset):
+    """The reference's files hold EMA weights in `state_dict` and raw ones in `ema_state_dict` (its EMA hook
+    swaps them); each --weights choice must bring the tensors of its own key."""
+    ema = {"module.image_in_projector.weight": torch.zeros(4, 2),
+           "module.image_head.net.cond_embed.bias": torch.zeros(3)}
+    raw = {k: v + 1 for k, v in ema.items()}
+    torch.save({"meta": {"iter": 10}, "state_dict": ema, "ema_state_dict": {"steps": torch.tensor(10), **raw}},
+               tmp_path / "iter_10.pth")
+    state, source = load_reference_ar(str(tmp_path / "iter_10.pth"), weights)
+    assert source.startswith(f"'{key}' (--weights {weights}:")
+    for name, tensor in ema.items():
+        assert torch.equal(state[name.removeprefix("module.")], tensor + offset)
+    assert ("steps" in state) == (weights == "raw")
+
+    torch.save({"state_dict": ema}, tmp_path / "no_ema.pth")  # one weight set: read, and said so
+    state, source = load_reference_ar(str(tmp_path / "no_ema.pth"), weights)
+    assert source.startswith("'state_dict' (the file has no") == (weights == "raw")
+    assert torch.equal(state["image_in_projector.weight"], ema["module.image_in_projector.weight"])
 
 
 def make_base(tmp_path, preset: str):
@@ -62,8 +119,9 @@ def conditions_and_velocity(model, captions):
     return cond, model.head(latents.reshape(-1, 32), t, cond.reshape(-1, cond.shape[-1]))
 
 
+@pytest.mark.timeout(120)
 @pytest.mark.parametrize("preset,family", [("tiny", "internvl"), ("tiny-qwen", "qwen2_5_vl")])
-def test_cli_converts_an_mmengine_ar_checkpoint_into_an_equivalent_pipeline(tmp_path, preset, family):
+def test_cli_converts_an_mmengine_ar_checkpoint_into_an_equivalent_pipeline(tmp_path, capsys, preset, family):
     from vgt.ae import VGTAutoencoder
     from vgt.ar.model import VGTModel
     from vgt.pipeline import VGTPipeline
@@ -93,16 +151,47 @@ def test_cli_converts_an_mmengine_ar_checkpoint_into_an_equivalent_pipeline(tmp_
     args = ["convert", "--from", "reference", "--in", str(tmp_path / "iter_5000.pth"), "--base", base,
             "--preset", preset, *ae_args]
     assert cli([*args, "--out", str(tmp_path / "pipe")]) == 0
+    assert "AR: read 'state_dict' (--weights ema:" in capsys.readouterr().out
     pipe = VGTPipeline.from_pretrained(str(tmp_path / "pipe"))
     captions = ["a red circle", "two blue squares on the left"]
     with torch.no_grad():
         for got, want in zip(conditions_and_velocity(pipe.model, captions), conditions_and_velocity(model, captions)):
             assert torch.equal(got, want)
         assert cli([*args, "--weights", "raw", "--out", str(tmp_path / "raw")]) == 0
+        out = capsys.readouterr().out
+        assert "AR: read 'ema_state_dict' (--weights raw:" in out and "dropped 1: steps:" in out
         raw_head = VGTPipeline.from_pretrained(str(tmp_path / "raw")).model.head
         assert torch.equal(raw_head.cond_embed.weight, model.head.cond_embed.weight + 1)
 
 
+@pytest.mark.timeout(120)
+def test_cli_keeps_or_drops_a_repa_projector_as_the_target_config_says(tmp_path, capsys):
+    from vgt.ae import VGTAutoencoder
+    from vgt.ar.model import VGTModel
+    from vgt.pipeline import VGTPipeline
+
+    torch.manual_seed(0)
+    cfg = get_preset("tiny", ["ar.head.repa_dim=8"])
+    model = VGTModel(cfg.ar)
+    for p in model.head.repa_projector.parameters():
+        torch.nn.init.normal_(p)
+    state = reference_ar_layout(model.state_dict(), "internvl")
+    state.update({f"vgt_ae.{k}": v for k, v in reference_ae_layout(VGTAutoencoder(cfg.ae).state_dict()).items()})
+    torch.save({"state_dict": state}, tmp_path / "repa.pth")
+    args = ["convert", "--from", "reference", "--in", str(tmp_path / "repa.pth"), "--preset", "tiny"]
+
+    assert cli([*args, "--set", "ar.head.repa_dim=8", "--out", str(tmp_path / "keep")]) == 0
+    assert NO_REPA not in capsys.readouterr().out
+    kept = VGTPipeline.from_pretrained(str(tmp_path / "keep")).model.head.repa_projector
+    for got, want in zip(kept.parameters(), model.head.repa_projector.parameters(), strict=True):
+        assert torch.equal(got, want)
+
+    assert cli([*args, "--out", str(tmp_path / "drop")]) == 0
+    assert f"  dropped 6: {NO_REPA}" in capsys.readouterr().out.splitlines()
+    assert VGTPipeline.from_pretrained(str(tmp_path / "drop")).model.head.repa_projector is None
+
+
+@pytest.mark.timeout(120)
 def test_layer_pruned_checkpoint_keeps_exactly_its_layers(tmp_path, capsys):
     from vgt.ae import VGTAutoencoder
     from vgt.ar.model import VGTModel
