@@ -1,5 +1,9 @@
 """Reference (hustvl/VGT) AR checkpoints -> vgt pipeline folders."""
 import importlib.util
+import sys
+import types
+
+import numpy as np
 
 import pytest
 import torch
@@ -117,6 +121,33 @@ def conditions_and_velocity(model, captions):
     cond = model.training_conditions(embeds, mask, latents, (4, 4), orders)
     t = torch.rand(cond.shape[0] * 16, generator=g)
     return cond, model.head(latents.reshape(-1, 32), t, cond.reshape(-1, cond.shape[-1]))
+
+
+@pytest.mark.timeout(60)
+def test_mmengine_training_checkpoints_are_read_without_running_their_pickled_objects(tmp_path, monkeypatch):
+    """An mmengine iter_N.pth also pickles Python objects (HistoryBuffer in message_hub, numpy values in meta).
+    They are read as inert placeholders: the tensors arrive and the original classes never run."""
+    ran = []
+
+    class HistoryBuffer:  # stands where mmengine's class would be imported from
+        __module__, __qualname__ = "mmengine.logging.history_buffer", "HistoryBuffer"
+
+        def __setstate__(self, state):
+            ran.append(state)
+            self.__dict__.update(state)
+
+    for name in ("mmengine", "mmengine.logging", "mmengine.logging.history_buffer"):  # what pickle imports
+        monkeypatch.setitem(sys.modules, name, types.ModuleType(name))
+    sys.modules["mmengine.logging.history_buffer"].HistoryBuffer = HistoryBuffer
+    buffer = HistoryBuffer()
+    buffer._log_history = np.arange(3.0)
+    weights = {"module.image_in_projector.weight": torch.randn(4, 2)}
+    torch.save({"meta": {"iter": 10, "seed": np.int64(7)}, "state_dict": weights,
+                "message_hub": {"log_scalars": {"train/loss": buffer}}}, tmp_path / "iter_10.pth")
+
+    state, source = load_reference_ar(str(tmp_path / "iter_10.pth"))
+    assert torch.equal(state["image_in_projector.weight"], weights["module.image_in_projector.weight"])
+    assert ran == [] and source.startswith("'state_dict' (--weights ema:")
 
 
 @pytest.mark.timeout(120)

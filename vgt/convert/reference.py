@@ -8,7 +8,9 @@ already uses transformers' `visual.*` names. Bottleneck and DC-AE decoder names 
 Teacher copies (`teacher.*`, `teacher_mlp1.*`) are dropped: the teacher is rebuilt from the
 pretrained VLM at training time and never ships with the inference AE.
 
-Reading `.pth` is the one place vgt unpickles anything, with `torch.load(weights_only=True)`.
+Reading `.pth` is the one place vgt unpickles anything, with `torch.load(weights_only=True)`
+(`read_torch_file`: mmengine training checkpoints also pickle plain Python objects, which are read
+as inert placeholders).
 """
 from __future__ import annotations
 
@@ -68,12 +70,41 @@ class ConversionReport:
         return "\n".join(lines)
 
 
-def load_reference_state(path: str) -> dict[str, torch.Tensor]:
-    """A reference checkpoint's flat state dict (raw, {"state_dict"}, {"model"}; `module.` stripped)."""
+def _stand_in(name: str) -> type:
+    """An inert class for the pickled global `name`: takes any arguments and state, runs no code."""
+    return type(name.rpartition(".")[2], (), {"__init__": lambda self, *args, **kwargs: None,
+                                             "__setstate__": lambda self, state: None})
+
+
+def read_torch_file(path: str):
+    """`torch.load(weights_only=True)` that also reads mmengine training checkpoints (`iter_N.pth`).
+
+    Besides tensors these pickle Python objects the conversion never uses: mmengine's
+    `HistoryBuffer` in `message_hub`, numpy values in `meta`. The weights-only unpickler refuses any
+    global it does not know, so each non-torch global the file names is read as an inert placeholder
+    instead (it never imports or runs the original); torch globals outside torch's allowlist are
+    still refused. Needs `torch.serialization.get_unsafe_globals_in_checkpoint` (recent torch);
+    without it such files are refused. Errors: ValueError for a file that is no weights-only torch
+    checkpoint."""
+    names = []
+    if hasattr(torch.serialization, "get_unsafe_globals_in_checkpoint"):
+        try:
+            names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+        except ValueError:  # not a zip-format torch file: torch.load below says what it is
+            names = []
+    stand_ins = [(_stand_in(name), name) for name in names if not name.startswith("torch.")]
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        if not stand_ins:
+            return torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(stand_ins):
+            return torch.load(path, map_location="cpu", weights_only=True)
     except (pickle.UnpicklingError, EOFError, RuntimeError) as e:  # not a (weights-only) torch file
         raise ValueError(str(e).splitlines()[0]) from e
+
+
+def load_reference_state(path: str) -> dict[str, torch.Tensor]:
+    """A reference checkpoint's flat state dict (raw, {"state_dict"}, {"model"}; `module.` stripped)."""
+    obj = read_torch_file(path)
     for key in ("state_dict", "model"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]

@@ -28,7 +28,7 @@ import re
 
 import torch
 
-from vgt.convert.reference import ConversionReport, load_mapped
+from vgt.convert.reference import ConversionReport, load_mapped, read_torch_file
 
 _LLM_PREFIXES = ("lmm.language_model.model.", "lmm.model.language_model.", "lmm.language_model.")
 _RENAMES = {
@@ -61,7 +61,7 @@ WEIGHTS = {
 def load_reference_ar(path: str, weights: str = "ema") -> tuple[dict[str, torch.Tensor], str]:
     """The flat state dict of an mmengine AR checkpoint (`module.` stripped), and which top-level key
     it came from and why (for the conversion report)."""
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    obj = read_torch_file(path)
     if not isinstance(obj, dict):
         raise ValueError(f"{path!r} does not hold a state dict (got {type(obj).__name__})")
     wanted, why = WEIGHTS[weights]
