@@ -4,6 +4,11 @@ Counts come from building every component on the meta device (no weights, no hub
 GPU assumes plain data parallelism (every GPU holds a full copy): bf16 weights for all
 parameters, bf16 gradients + fp32 master weights + fp32 AdamW moments for trainable ones;
 activations excluded. FSDP divides the trainable part by the number of GPUs.
+
+Attention kernels: `attn_gpu` is what GPU training (bf16 autocast / FSDP2 bf16 parameters) and bf16
+serving run, assuming flash-attn imports on that machine (otherwise sdpa; the table's footnote says
+whether it imports here); `attn_cpu` is what CPU runs use. An AE that differs from the AR model is
+shown as "ae X / ar Y".
 """
 from __future__ import annotations
 
@@ -31,8 +36,31 @@ def preset_rows(names: list[str], overrides: list[str] = ()) -> list[dict]:
                      "ae_params": counts["ae"], "ar_llm_params": counts["ar.llm"],
                      "ar_head_params": counts["ar.head"], "ar_params": counts["ar"],
                      "ae_train_gib": round(memory["ae"]["total_gib"], 2),
-                     "ar_train_gib": round(memory["ar"]["total_gib"], 2)})
+                     "ar_train_gib": round(memory["ar"]["total_gib"], 2), **attention_kernels(cfg)})
     return rows
+
+
+def attention_kernels(cfg) -> dict[str, str]:
+    """{"attn_gpu", "attn_cpu"}: the kernels of the preset's AE and AR backbones (module docstring)."""
+    import torch
+
+    from vgt.backbones import choose_attn_implementation
+
+    def kernel(device: str, dtype, flash) -> str:
+        ae, ar = (choose_attn_implementation(b.attn_implementation, device, dtype, flash)[0]
+                  for b in (cfg.ae.backbone, cfg.ar.backbone))
+        return ar if ae == ar else f"ae {ae} / ar {ar}"
+
+    return {"attn_gpu": kernel("cuda", torch.bfloat16, (True, "assumed")),
+            "attn_cpu": kernel("cpu", torch.float32, None)}
+
+
+def flash_note() -> str:
+    from vgt.backbones.families import flash_attention_importable
+
+    ok, why = flash_attention_importable()
+    return ("attn_gpu: GPU training (bf16 autocast / FSDP2 bf16) and bf16 serving, where flash-attn imports; "
+            f"sdpa where it does not. Here: {'imports' if ok else 'no'} ({why}).")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -42,7 +70,7 @@ def run(args: argparse.Namespace) -> int:
     from vgt.presets import list_presets
 
     rows = preset_rows(args.preset or list_presets(), args.overrides)
-    print(json.dumps(rows, indent=2) if args.json else format_table(rows))
+    print(json.dumps(rows, indent=2) if args.json else f"{format_table(rows)}\n\n{flash_note()}")
     return 0
 
 

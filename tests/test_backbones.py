@@ -44,12 +44,14 @@ def images(batch: int, h: int, w: int, seed: int = 0) -> torch.Tensor:
 def test_attn_implementation_choice(monkeypatch):
     from vgt.backbones import families
 
-    assert families.resolve_attn_implementation("eager", torch.bfloat16) == "eager"
-    monkeypatch.setattr(families, "is_flash_attn_2_available", lambda: True)
-    assert families.resolve_attn_implementation("auto", torch.bfloat16) == "flash_attention_2"
-    assert families.resolve_attn_implementation("auto", torch.float32) == "sdpa"  # flash kernels are 16-bit only
-    monkeypatch.setattr(families, "is_flash_attn_2_available", lambda: False)
-    assert families.resolve_attn_implementation("auto", torch.bfloat16) == "sdpa"
+    # the full matrix (devices, compute dtypes, a flash-attn that does not import): tests/test_attention.py
+    assert families.resolve_attn_implementation("eager", "cuda", torch.bfloat16) == "eager"
+    monkeypatch.setattr(families, "flash_attention_importable", lambda: (True, "flash_attn 2.7.4"))
+    assert families.resolve_attn_implementation("auto", "cuda", torch.bfloat16) == "flash_attention_2"
+    assert families.resolve_attn_implementation("auto", "cuda", torch.float32) == "sdpa"  # flash is 16-bit only
+    assert families.resolve_attn_implementation("auto", "cpu", torch.bfloat16) == "sdpa"
+    monkeypatch.setattr(families, "flash_attention_importable", lambda: (False, "not installed"))
+    assert families.resolve_attn_implementation("auto", "cuda", torch.bfloat16) == "sdpa"
     with pytest.raises(ValueError, match="did you mean 'qwen2_5_vl'"):
         families.check_family("qwen2.5_vl")
 

@@ -1,4 +1,7 @@
 import json
+import re
+
+import pytest
 
 from ray_jobs.cli import main as cli
 from vgt.footprint import count_parameters
@@ -21,3 +24,16 @@ def test_info_reports_meta_counts_and_memory(capsys):
 def test_info_unknown_preset_is_one_clear_line(capsys):
     assert cli(["info", "--preset", "tiny-qwn"]) == 2
     assert "did you mean 'tiny-qwen'" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(60)
+def test_info_states_the_attention_kernel_on_gpu_and_cpu(capsys):
+    assert cli(["info", "--preset", "tiny", "--preset", "internvl3-1b", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert all(r["attn_gpu"] == "flash_attention_2" and r["attn_cpu"] == "sdpa" for r in rows)
+    assert cli(["info", "--preset", "tiny", "--json", "--set", "ar.backbone.attn_implementation=eager"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["attn_gpu"] == "ae flash_attention_2 / ar eager" and row["attn_cpu"] == "ae sdpa / ar eager"
+    assert cli(["info", "--preset", "tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "attn_gpu" in out and re.search(r"where flash-attn imports; sdpa where it does not\. Here: (imports|no) ", out)

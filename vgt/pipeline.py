@@ -72,8 +72,10 @@ class VGTPipeline:
         return prints
 
     def to(self, device=None, dtype: torch.dtype | None = None) -> "VGTPipeline":
-        self.model.to(device=device, dtype=dtype)
-        self.autoencoder.to(device=device, dtype=dtype)
+        """Move both models; their attention kernels follow (bf16 on a GPU: flash-attention when it imports)."""
+        for module in (self.model, self.autoencoder):
+            module.to(device=device, dtype=dtype)
+            module.use_attention(_device(module), _dtype(module))
         return self
 
     # -- generation ------------------------------------------------------------------------------

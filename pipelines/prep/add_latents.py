@@ -137,6 +137,8 @@ class PartEncoder:
             torch.set_num_threads(torch_threads)
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.ae = VGTAutoencoder.from_pretrained(ae).to(self.device).eval()
+        # encode_pixels autocasts to bf16 on CUDA when asked: the vision tower's attention follows
+        self.ae.use_attention(self.device, torch.bfloat16 if bf16 and self.device.type == "cuda" else torch.float32)
         if self.ae.fingerprint != fingerprint:
             raise ArtifactError(f"AE {ae!r} changed while prep-latents ran ({fingerprint} -> {self.ae.fingerprint})")
         self.src, self.out, self.resolution, self.batch_size, self.bf16 = src, out, resolution, batch_size, bf16

@@ -63,11 +63,12 @@ class SamplerModel:
         check_fingerprint(uri, index, "ar", model.fingerprint)
         self.device, dtype = device_and_dtype()
         self.model = model.to(self.device, dtype).eval()
+        self.attention = self.model.use_attention(self.device, dtype)
         self.info = ModelInfo(
             id=model_name, native_size=(self.config.data.resolution,) * 2, stride=STRIDE,
             max_grid=model.config.max_grid, sample=self.config.sample, fingerprints={"ar": model.fingerprint})
-        log.info("sampler: loaded %s (ar %s) on %s in %.1fs", uri, model.fingerprint, self.device,
-                 time.perf_counter() - start)
+        log.info("sampler: loaded %s (ar %s) on %s, %s attention, in %.1fs", uri, model.fingerprint, self.device,
+                 self.attention, time.perf_counter() - start)
 
     def sample(self, jobs: list[SampleJob], stop: Callable[[], bool]) -> np.ndarray:
         """Latents [sum n, C, h, w] (fp32) for jobs of equal settings; raises Cancelled once `stop()`.

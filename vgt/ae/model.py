@@ -12,7 +12,7 @@ import torch
 from torch import nn
 
 from vgt.artifacts import ArtifactError, load_component, save_component
-from vgt.backbones import load_vision_encoder
+from vgt.backbones import apply_attn_implementation, load_vision_encoder
 from vgt.config import AEConfig, from_dict, to_dict
 
 from .bottleneck import (ResidualMLPBlock, add_latent_noise, channel_layer_norm, down_mlp,
@@ -47,6 +47,11 @@ class VGTAutoencoder(nn.Module):
     @property
     def stride(self) -> int:
         return self.encoder.stride
+
+    def use_attention(self, device: torch.device | str, compute_dtype: torch.dtype) -> str:
+        """Set the vision tower's attention kernel for encoding on `device` in `compute_dtype` (the autocast
+        or weight dtype; `ae.backbone.attn_implementation`, see `vgt.backbones.choose_attn_implementation`)."""
+        return apply_attn_implementation(self, self.config.backbone.attn_implementation, device, compute_dtype, "AE")
 
     def _build_decoder(self) -> nn.Module:
         dec_cfg = self.config.decoder

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from vgt.artifacts import ArtifactError, load_component, save_component
-from vgt.backbones import load_language_model, load_tokenizer
+from vgt.backbones import apply_attn_implementation, load_language_model, load_tokenizer
 from vgt.config import ARConfig, from_dict, to_dict
 
 from .flow import flow_loss
@@ -97,6 +97,11 @@ class VGTModel(nn.Module):
     @property
     def dtype(self) -> torch.dtype:
         return self.in_proj.weight.dtype
+
+    def use_attention(self, device: torch.device | str, compute_dtype: torch.dtype) -> str:
+        """Set the LLM's attention kernel for computing on `device` in `compute_dtype` (the autocast or weight
+        dtype; `ar.backbone.attn_implementation`, see `vgt.backbones.choose_attn_implementation`)."""
+        return apply_attn_implementation(self, self.config.backbone.attn_implementation, device, compute_dtype, "AR")
 
     def attach_autoencoder(self, ae) -> None:
         """Use `ae` (frozen, eval mode) to encode pixels in `forward`; not part of this state dict."""

@@ -4,6 +4,13 @@
 for both families. InternVL's LLM is a `Qwen2Model`; Qwen2.5-VL's is a `Qwen2_5_VLTextModel`
 whose rotary embedding is 3-axis mRoPE: for text (and for our generated image tokens, which carry
 plain 1-D positions) all three axes get the same position, which makes mRoPE exactly 1-D RoPE.
+
+Masks and positions are the same for every attention kernel (sdpa, eager, flash_attention_2): a 2-D
+padding mask (padding may sit mid-row, before the `<img>` marker) and explicit `position_ids` that only
+the rotary embedding reads. transformers also hands `position_ids` to flash-attention, which takes a
+single row whose positions are not `arange` (the pairs feed mode's gapped query positions) for several
+packed sequences and, with a KV cache, attends to the wrong keys; our rows are never packed, so the
+attention layers do not get them (`_no_positions_in_attention`).
 """
 from __future__ import annotations
 
@@ -24,6 +31,8 @@ class LanguageModel(nn.Module):
         # transformers 5.24 renamed the cache kwarg to `cache` (the old name is deprecated)
         params = inspect.signature(decoder.forward).parameters
         self._cache_kwarg = "cache" if "cache" in params else "past_key_values"
+        for layer in decoder.layers:
+            layer.self_attn.register_forward_pre_hook(_no_positions_in_attention, with_kwargs=True)
 
     @property
     def num_layers(self) -> int:
@@ -34,6 +43,9 @@ class LanguageModel(nn.Module):
 
     def forward(self, inputs_embeds: torch.Tensor, attention_mask: torch.Tensor | None = None,
                 position_ids: torch.Tensor | None = None, past_key_values=None, use_cache: bool = False):
+        if attention_mask is not None and attention_mask.ndim != 2:
+            raise ValueError(f"the LLM takes a 2-D padding mask [B, S], got shape {tuple(attention_mask.shape)} "
+                             "(flash-attention cannot apply a custom 4-D mask)")
         if self.family == "qwen2_5_vl" and position_ids is not None and position_ids.ndim == 2:
             # explicit [3,B,S] (t, h, w all equal): a [4,B,S] or packed layout would change masking
             position_ids = position_ids.unsqueeze(0).expand(3, *position_ids.shape)
@@ -41,6 +53,13 @@ class LanguageModel(nn.Module):
                          use_cache=use_cache, return_dict=True, **{self._cache_kwarg: past_key_values})
         cache = out.cache if hasattr(out, "cache") else out.past_key_values  # renamed in 5.24
         return out.last_hidden_state, cache
+
+
+def _no_positions_in_attention(module: nn.Module, args: tuple, kwargs: dict):
+    """Forward pre-hook of each attention layer: RoPE is already applied from `position_embeddings`; the
+    raw `position_ids` would only let flash-attention guess packed sequences (module docstring)."""
+    kwargs.pop("position_ids", None)
+    return args, kwargs
 
 
 def language_model_from_vlm(vlm: nn.Module, family: str) -> LanguageModel:
@@ -59,8 +78,8 @@ def truncate_layers(decoder: nn.Module, num_layers: int) -> None:
         decoder.config.layer_types = list(decoder.config.layer_types)[:num_layers]
 
 
-def _random_decoder(backbone_cfg, dtype: torch.dtype) -> nn.Module:
-    cfg = families.build_hf_config(backbone_cfg, dtype)
+def _random_decoder(backbone_cfg) -> nn.Module:
+    cfg = families.build_hf_config(backbone_cfg)
     attn = cfg._attn_implementation
     if backbone_cfg.family == "internvl":
         from transformers import AutoModel
@@ -75,7 +94,7 @@ def load_language_model(backbone_cfg, num_layers: int | None = None,
     head discarded; `num_layers` keeps only the first N decoder layers."""
     families.check_family(backbone_cfg.family)
     if backbone_cfg.pretrained is None:
-        decoder = _random_decoder(backbone_cfg, dtype).to(dtype)
+        decoder = _random_decoder(backbone_cfg).to(dtype)
     else:
         decoder = families.load_pretrained_vlm(backbone_cfg, dtype).model.language_model
     if num_layers is not None:

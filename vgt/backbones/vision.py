@@ -122,8 +122,8 @@ def encoder_from_vlm(vlm: nn.Module, family: str) -> _VisionEncoder:
     return QwenVisionEncoder(inner.visual, vlm.config)
 
 
-def _random_encoder(backbone_cfg, dtype: torch.dtype) -> _VisionEncoder:
-    cfg = families.build_hf_config(backbone_cfg, dtype)
+def _random_encoder(backbone_cfg) -> _VisionEncoder:
+    cfg = families.build_hf_config(backbone_cfg)
     attn = cfg._attn_implementation
     if backbone_cfg.family == "internvl":
         from transformers.models.internvl.modeling_internvl import (InternVLMultiModalProjector,
@@ -143,7 +143,7 @@ def load_vision_encoder(backbone_cfg, dtype: torch.dtype = torch.float32) -> _Vi
     """
     families.check_family(backbone_cfg.family)
     if backbone_cfg.pretrained is None:
-        enc = _random_encoder(backbone_cfg, dtype).to(dtype)
+        enc = _random_encoder(backbone_cfg).to(dtype)
     else:
         enc = encoder_from_vlm(families.load_pretrained_vlm(backbone_cfg, dtype), backbone_cfg.family)
     return enc.eval()

@@ -24,7 +24,7 @@ from vgt.ae.model import KIND, VGTAutoencoder
 from vgt.ae.perceptual import PerceptualLoss
 from vgt.ae.training import AETrainingModule, apply_stage
 from vgt.artifacts import save_component
-from vgt.backbones import load_vision_encoder
+from vgt.backbones import apply_attn_implementation, load_vision_encoder
 from vgt.config import VGTConfig, from_dict
 from vgt.data.encode import center_crop_pixels
 
@@ -54,7 +54,10 @@ class AEStage:
         self.s = s = getattr(cfg.train, spec.stage_key)
         self.ae, teacher = self._models(spec, cfg)
         apply_stage(self.ae, s)
-        ae = distribute(AETrainingModule(self.ae, teacher).train(), env)
+        ae = AETrainingModule(self.ae, teacher).train()
+        # student and teacher towers: attention for where and in what dtype forwards compute (bf16 on GPU)
+        apply_attn_implementation(ae, cfg.ae.backbone.attn_implementation, env.device, env.compute_dtype, "AE")
+        ae = distribute(ae, env)
         self.disc = NLayerDiscriminator(hidden=s.disc_hidden)
         disc = distribute(self.disc, env)
         self.lecam = LeCamEMA(s.lecam_decay).to(env.device)
@@ -125,7 +128,8 @@ class AEStage:
             return None
         pixels = center_crop_pixels([r["image"] for r in rows[:PREVIEW_IMAGES]], self.size).to(self.env.device)
         self.ae.eval()
-        recon = self.ae(pixels)
+        with self.env.autocast():  # the compute dtype its attention kernel was chosen for
+            recon = self.ae(pixels).float()
         self.ae.train()
         return image_grid([pixels, recon])
 

@@ -49,6 +49,9 @@ class ARStage:
         cfg.ae = from_dict(AEConfig, self.ae.portable_config())  # the exported pipeline's AE
         self.model = self._model(spec, cfg)
         self.model.attach_autoencoder(self.ae)
+        # attention for where and in what dtype forwards compute (bf16 autocast / FSDP2 params on GPU)
+        self.model.use_attention(env.device, env.compute_dtype)
+        self.ae.use_attention(env.device, env.compute_dtype)
         if cfg.ar.repa_weight > 0:
             self.model.repa_teacher = self._repa_teacher
         blocks = list(self.model.llm.model.layers)
