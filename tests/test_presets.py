@@ -36,6 +36,24 @@ def test_tiny_presets_are_offline_and_small(name, family):
     assert cfg.ar.head.timeshift == (1.4 if family == "internvl" else None)
 
 
+@pytest.mark.timeout(60)
+def test_tiny_tokenizer_spends_one_token_per_caption_word():
+    """The tiny LLM learns "three circles" faster as 2 tokens than as " th|re|e c|ir|cle|s", and every
+    token of the prompt is paid for in each training step (README "Why the demo learns slowly")."""
+    from vgt.backbones import load_tokenizer
+    from vgt.eval.shapes import caption, eval_prompts, train_specs
+
+    cfg = get_preset("demo")
+    tok = load_tokenizer(cfg.ar.backbone)
+    # <|im_start|> user \n Generate " an" " image" ":" ... <|im_end|> \n <|im_start|> assistant \n
+    template_tokens = 12
+    for text in [caption(spec) for spec in [*train_specs(), *eval_prompts()]]:
+        ids = tok(cfg.ar.prompt_template.replace("{caption}", text), add_special_tokens=False)["input_ids"]
+        pieces = [tok.decode([i]) for i in ids[7:-5]]  # between "Generate an image:" and <|im_end|>
+        assert len(ids) == template_tokens + len(text.split()) and [p.strip() for p in pieces] == text.split(), pieces
+    assert tok.decode(tok("a cat on a sofa, 3 km away")["input_ids"]) == "a cat on a sofa, 3 km away"  # any text
+
+
 def test_real_presets_follow_the_reference():
     one, two, qwen = (get_preset(n) for n in REAL)
     for cfg in (one, two, qwen):

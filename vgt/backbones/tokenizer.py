@@ -49,6 +49,18 @@ one two three four five six seven eight nine ten black white red green blue yell
 photo painting drawing sketch render close-up wide view high quality detailed realistic
 0 1 2 3 4 5 6 7 8 9 . , ; : ! ? ' " ( ) [ ] { } - _ / \\ @ # $ % & * + = < > | ~ `
 """
+# The chat template and the words the tiny demos prompt with, weighted so each becomes one token: a
+# 4-layer LLM learns "three circles" faster as two tokens than as " th|re|e c|ir|cle|s", and the
+# template shrinks from 15 tokens to 9 (README "Why the demo learns slowly").
+_TINY_TEMPLATE_WORDS = """\
+<|im_start|>user
+Generate an image: a red circle, two green squares and three blue triangles on the left.
+Generate an image: a yellow triangle and a purple square at the top, at the bottom, on the right.
+Generate an image: two circles, a square, three triangles.
+<|im_end|>
+<|im_start|>assistant
+"""
+_TEMPLATE_WORDS_WEIGHT = 10
 
 
 @functools.lru_cache(maxsize=None)
@@ -58,7 +70,8 @@ def _tiny_bpe_json() -> str:
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=TINY_VOCAB_SIZE, special_tokens=list(TINY_SPECIALS),
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(_TINY_CORPUS.splitlines(), trainer=trainer)
+    tok.train_from_iterator(_TINY_CORPUS.splitlines() + _TINY_TEMPLATE_WORDS.splitlines() * _TEMPLATE_WORDS_WEIGHT,
+                            trainer=trainer)
     return tok.to_str()
 
 
