@@ -59,8 +59,8 @@ def test_defaults_come_from_the_model_and_a_seed_is_drawn():
     ({"prompt": "x", "model": "dall-e-3"}, 404, "model", "does not exist"),
     ({"prompt": "x", "num_steps": 1}, 400, "num_steps", "between 2 and 100"),  # the SDE sampler's minimum
     ({"prompt": "x", "num_steps": 10**30}, 400, "num_steps", "between 2 and 100"),
-    ({"prompt": "x", "guidance_scale": 0.5}, 400, "guidance_scale", "between 1.0 and 20.0"),
-    ({"prompt": "x", "guidance_scale": 1e300}, 400, "guidance_scale", "between 1.0 and 20.0"),
+    ({"prompt": "x", "guidance_scale": -0.5}, 400, "guidance_scale", "between 0.0 and 20.0"),
+    ({"prompt": "x", "guidance_scale": 1e300}, 400, "guidance_scale", "between 0.0 and 20.0"),
     ({"prompt": "x", "parallel_tokens": 17}, 400, "parallel_tokens", "between 1 and 16"),
     ({"prompt": "x", "seed": -1}, 400, "seed", "between 0 and"),
 ])

@@ -76,7 +76,7 @@ class Limits:
     max_n: int = 4  # images per request
     sizes: list[str] | None = None  # allowed "WxH"; None = only the model's native size
     max_num_steps: int = 100  # flow-head integration steps per token
-    min_guidance_scale: float = 1.0  # 1 = no classifier-free guidance
+    min_guidance_scale: float = 0.0  # 0 = the unconditional model alone (the prompt ignored), 1 = no guidance
     max_guidance_scale: float = 20.0
 
     @classmethod
