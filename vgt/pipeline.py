@@ -12,6 +12,7 @@ Folder layout (diffusers-style, local or s3://):
 """
 from __future__ import annotations
 
+import copy
 import secrets
 import tempfile
 
@@ -56,7 +57,9 @@ class VGTPipeline:
         tokenizer = load_tokenizer_folder(vio.join(path, index["components"]["tokenizer"]))
         model = VGTModel.from_pretrained(vio.join(path, index["components"]["ar"]), tokenizer=tokenizer)
         ae = VGTAutoencoder.from_pretrained(vio.join(path, index["components"]["ae"]))
-        return cls(from_dict(VGTConfig, index["config"]), model, ae, tokenizer)
+        config = from_dict(VGTConfig, index["config"])
+        config.ae, config.ar = copy.deepcopy(ae.config), copy.deepcopy(model.config)  # what the components built
+        return cls(config, model, ae, tokenizer)
 
     def save_pretrained(self, path: str) -> dict[str, str]:
         """Write the folder; returns the component fingerprints (also recorded in the index)."""
@@ -66,8 +69,10 @@ class VGTPipeline:
             vio.upload(tmp, vio.join(path, COMPONENTS["tokenizer"]))
         prints = {"ar": self.model.save_pretrained(vio.join(path, COMPONENTS["ar"])),
                   "ae": self.autoencoder.save_pretrained(vio.join(path, COMPONENTS["ae"]))}
+        config = to_dict(self.config)  # its ae / ar sections: the components' own (full backbone configs)
+        config["ae"], config["ar"] = self.autoencoder.portable_config(), self.model.portable_config()["ar"]
         vio.write_json(vio.join(path, INDEX_FILE), {
-            "format_version": FORMAT_VERSION, "class": "VGTPipeline", "config": to_dict(self.config),
+            "format_version": FORMAT_VERSION, "class": "VGTPipeline", "config": config,
             "components": COMPONENTS, "fingerprints": prints})
         return prints
 

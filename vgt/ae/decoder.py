@@ -36,13 +36,20 @@ def _dc_defaults() -> dict:
     return {k: p.default for k, p in params.items() if k != "self"}
 
 
-def build_decoder(dc_config: dict, latent_channels: int) -> Decoder:
-    """A randomly initialised DC-AE decoder from `AutoencoderDC` kwargs."""
+def full_dc_config(dc_config: dict) -> dict:
+    """The complete `AutoencoderDC` config these kwargs give: every constructor argument (diffusers'
+    default where `dc_config` has none) and `_class_name`; other `_`-prefixed keys (`_diffusers_version`,
+    `_name_or_path` of a released config) are kept as given. JSON types (lists, not tuples)."""
     defaults = _dc_defaults()
     unknown = sorted(k for k in dc_config if k not in defaults and not k.startswith("_"))
     if unknown:
         raise ValueError(f"decoder.dc_config has keys AutoencoderDC does not take: {unknown}")
-    merged = {**defaults, **dc_config}
+    return {"_class_name": "AutoencoderDC", **{k: _jsonable(v) for k, v in {**defaults, **dc_config}.items()}}
+
+
+def build_decoder(dc_config: dict, latent_channels: int) -> Decoder:
+    """A randomly initialised DC-AE decoder from `AutoencoderDC` kwargs."""
+    merged = full_dc_config(dc_config)
     if merged["latent_channels"] != latent_channels:
         raise ValueError(f"decoder.dc_config latent_channels={merged['latent_channels']} but the AE "
                          f"produces {latent_channels} channels")
@@ -54,12 +61,13 @@ def build_decoder(dc_config: dict, latent_channels: int) -> Decoder:
 
 
 def load_pretrained_decoder(pretrained: str, latent_channels: int) -> tuple[Decoder, dict]:
-    """The decoder of a released AutoencoderDC (HF id or folder) and its architecture kwargs."""
+    """The decoder of a released AutoencoderDC (HF id or folder) and its full config as loaded."""
     try:
         dc = AutoencoderDC.from_pretrained(pretrained, torch_dtype=torch.float32)
     except (OSError, ValueError) as err:
         raise OSError(f"cannot load AutoencoderDC from decoder.pretrained={pretrained!r}: {err}") from err
-    arch = {k: _jsonable(v) for k, v in dc.config.items() if k in _dc_defaults()}
+    keep = set(_dc_defaults()) | {"_diffusers_version", "_name_or_path"}
+    arch = full_dc_config({k: v for k, v in dc.config.items() if k in keep})
     if arch["latent_channels"] != latent_channels:
         raise ValueError(f"{pretrained!r} decodes {arch['latent_channels']} latent channels, the AE "
                          f"produces {latent_channels}")

@@ -11,13 +11,13 @@ import copy
 import torch
 from torch import nn
 
-from vgt.artifacts import ArtifactError, load_component, save_component
+from vgt.artifacts import load_model, save_component
 from vgt.backbones import apply_attn_implementation, load_vision_encoder
 from vgt.config import AEConfig, from_dict, to_dict
 
 from .bottleneck import (ResidualMLPBlock, add_latent_noise, channel_layer_norm, down_mlp,
                          init_new_layers, tokens_to_grid)
-from .decoder import build_decoder, decode_to_size, load_pretrained_decoder
+from .decoder import build_decoder, decode_to_size, full_dc_config, load_pretrained_decoder
 
 KIND = "ae"
 
@@ -28,6 +28,8 @@ class VGTAutoencoder(nn.Module):
         self.config = copy.deepcopy(config)
         self.fingerprint: str | None = None  # set by save_pretrained / from_pretrained
         self.encoder = load_vision_encoder(self.config.backbone)
+        # the VLM config as loaded (pretrained or built from hf_config), so a saved folder rebuilds exactly it
+        self.config.backbone.hf_config = self.encoder.hf_config()
         dim = self.encoder.out_dim
         self.down_blocks = nn.ModuleList(ResidualMLPBlock(dim) for _ in range(self.config.num_res_blocks))
         self.down_mlp = down_mlp(dim, self.config.latent_channels)
@@ -56,9 +58,11 @@ class VGTAutoencoder(nn.Module):
     def _build_decoder(self) -> nn.Module:
         dec_cfg = self.config.decoder
         if dec_cfg.pretrained is None:
-            return build_decoder(dec_cfg.dc_config, self.config.latent_channels)
+            decoder = build_decoder(dec_cfg.dc_config, self.config.latent_channels)
+            dec_cfg.dc_config = full_dc_config(dec_cfg.dc_config)  # every AutoencoderDC argument it was built with
+            return decoder
         decoder, arch = load_pretrained_decoder(dec_cfg.pretrained, self.config.latent_channels)
-        dec_cfg.dc_config = arch  # so a saved config rebuilds this architecture offline
+        dec_cfg.dc_config = arch  # the released config as loaded: a saved folder rebuilds it offline
         return decoder
 
     # -- encoder ---------------------------------------------------------------------------------
@@ -120,12 +124,8 @@ class VGTAutoencoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, folder: str) -> "VGTAutoencoder":
-        """Load an AE folder (local or s3://); version and content fingerprint are checked."""
-        config, state_dict, fp = load_component(folder, kind=KIND)
-        model = cls(from_dict(AEConfig, config))
-        try:
-            model.load_state_dict(state_dict, strict=True)
-        except RuntimeError as err:  # missing/unexpected keys or shapes: config and weights disagree
-            raise ArtifactError(f"{folder!r}: weights do not fit the model its config builds: {err}") from err
+        """Load an AE folder (local or s3://), rebuilt from the backbone configs it stores; version,
+        content fingerprint and config-vs-weights agreement are checked (`vgt.artifacts.load_model`)."""
+        model, fp = load_model(folder, KIND, lambda config: cls(from_dict(AEConfig, config)))
         model.fingerprint = fp
         return model.eval()

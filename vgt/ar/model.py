@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vgt.artifacts import ArtifactError, load_component, save_component
+from vgt.artifacts import load_model, read_component_config, save_component
 from vgt.backbones import apply_attn_implementation, load_language_model, load_tokenizer
 from vgt.config import ARConfig, from_dict, to_dict
 
@@ -71,6 +71,8 @@ class VGTModel(nn.Module):
         self.tokenizer = tokenizer if tokenizer is not None else load_tokenizer(config.backbone)
         self.marker_ids = marker_ids(self.tokenizer, config.image_start_token)
         self.llm = load_language_model(config.backbone, num_layers=config.llm_num_layers)
+        # the VLM config as loaded (pretrained or built from hf_config), the LLM's as truncated
+        self.config.backbone.hf_config = self.llm.hf_config()
         dim = self.llm.hidden_size
         self.in_proj = nn.Linear(latent_dim, dim)
         self.out_proj = nn.Linear(dim, dim)
@@ -193,27 +195,28 @@ class VGTModel(nn.Module):
     # -- artifacts -------------------------------------------------------------------------------
     def portable_config(self) -> dict:
         cfg = copy.deepcopy(self.config)
-        cfg.backbone.pretrained = None  # weights come from the folder; hf_config rebuilds the shapes
+        cfg.backbone.pretrained = None  # weights come from the folder; hf_config (as loaded) rebuilds the model
         return {"ar": to_dict(cfg), "latent_dim": self.latent_dim}
 
     def save_pretrained(self, folder: str) -> str:
-        if not self.config.backbone.hf_config:
-            raise ArtifactError("cannot write a portable AR folder: ar.backbone.hf_config is empty")
         self.fingerprint = save_component(folder, kind=KIND, config=self.portable_config(),
                                           state_dict=self.state_dict())
         return self.fingerprint
 
     @classmethod
     def from_pretrained(cls, folder: str, tokenizer=None) -> "VGTModel":
-        """Load an AR folder. Without `tokenizer`: the enclosing pipeline folder's `tokenizer/` if
-        there is one, else the tokenizer the config names."""
-        config, state_dict, fp = load_component(folder, kind=KIND)
+        """Load an AR folder, rebuilt from the LLM config it stores (checks: `vgt.artifacts.load_model`).
+        Without `tokenizer`: the enclosing pipeline folder's `tokenizer/` if there is one, else the
+        tokenizer the config names."""
         if tokenizer is None and (saved := sibling_tokenizer(folder)) is not None:
             tokenizer = load_tokenizer_folder(saved)
-        model = cls(from_dict(ARConfig, config["ar"]), latent_dim=config["latent_dim"], tokenizer=tokenizer)
-        try:
-            model.load_state_dict(state_dict)
-        except RuntimeError as err:
-            raise ArtifactError(f"{folder!r}: weights do not fit its config: {err}") from err
+        if tokenizer is None:  # built once here, not again for every model the checks build
+            stored = read_component_config(folder, KIND)["config"]["ar"]
+            tokenizer = load_tokenizer(from_dict(ARConfig, stored).backbone)
+
+        def build(config: dict) -> "VGTModel":
+            return cls(from_dict(ARConfig, config["ar"]), latent_dim=config["latent_dim"], tokenizer=tokenizer)
+
+        model, fp = load_model(folder, KIND, build)
         model.fingerprint = fp
         return model.eval()

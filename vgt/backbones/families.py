@@ -109,6 +109,18 @@ def build_hf_config(backbone_cfg) -> transformers.PretrainedConfig:
     return cfg
 
 
+def loaded_hf_config(vlm_config: transformers.PretrainedConfig, vision_config=None, text_config=None) -> dict:
+    """The VLM's full transformers config in `to_dict()` form as it was loaded, with the sub-configs of
+    the modules actually built (`vision_config`, `text_config`: their own config objects, e.g. an LLM
+    truncated to fewer layers) in place of the VLM's. What an artifact stores and rebuilds from."""
+    out = vlm_config.to_dict()
+    if vision_config is not None:
+        out["vision_config"] = vision_config.to_dict()
+    if text_config is not None:
+        out["text_config"] = text_config.to_dict()
+    return out
+
+
 def load_pretrained_vlm(backbone_cfg, dtype: torch.dtype) -> torch.nn.Module:
     """The whole pretrained VLM (HF id or local folder), on the CPU; callers keep the parts they need."""
     cls = vlm_model_class(backbone_cfg.family)

@@ -23,10 +23,11 @@ from vgt.backbones import families
 
 
 class LanguageModel(nn.Module):
-    def __init__(self, decoder: nn.Module, family: str):
+    def __init__(self, decoder: nn.Module, family: str, vlm_config=None):
         super().__init__()
         self.model = decoder
         self.family = families.check_family(family)
+        self.vlm_config = vlm_config  # the VLM's transformers config the decoder came from (None: unknown)
         self.hidden_size = decoder.config.hidden_size
         # transformers 5.24 renamed the cache kwarg to `cache` (the old name is deprecated)
         params = inspect.signature(decoder.forward).parameters
@@ -37,6 +38,13 @@ class LanguageModel(nn.Module):
     @property
     def num_layers(self) -> int:
         return len(self.model.layers)
+
+    def hf_config(self) -> dict:
+        """The VLM's full transformers config as loaded (`to_dict()` form), text config from the decoder
+        (so a truncated LLM records the layers it kept)."""
+        if self.vlm_config is None:
+            raise ValueError("this LanguageModel was wrapped without its VLM config")
+        return families.loaded_hf_config(self.vlm_config, text_config=self.model.config)
 
     def embed(self, input_ids: torch.Tensor) -> torch.Tensor:
         return self.model.embed_tokens(input_ids)
@@ -64,7 +72,7 @@ def _no_positions_in_attention(module: nn.Module, args: tuple, kwargs: dict):
 
 def language_model_from_vlm(vlm: nn.Module, family: str) -> LanguageModel:
     """Wrap the LLM of an already-built VLM (shares its modules)."""
-    return LanguageModel(vlm.model.language_model, family)
+    return LanguageModel(vlm.model.language_model, family, vlm.config)
 
 
 def truncate_layers(decoder: nn.Module, num_layers: int) -> None:
@@ -78,14 +86,15 @@ def truncate_layers(decoder: nn.Module, num_layers: int) -> None:
         decoder.config.layer_types = list(decoder.config.layer_types)[:num_layers]
 
 
-def _random_decoder(backbone_cfg) -> nn.Module:
+def _random_decoder(backbone_cfg) -> tuple[nn.Module, object]:
+    """(random decoder, the VLM config it was built from)."""
     cfg = families.build_hf_config(backbone_cfg)
     attn = cfg._attn_implementation
     if backbone_cfg.family == "internvl":
         from transformers import AutoModel
-        return AutoModel.from_config(cfg.text_config, attn_implementation=attn)  # Qwen2Model
+        return AutoModel.from_config(cfg.text_config, attn_implementation=attn), cfg  # Qwen2Model
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLTextModel
-    return Qwen2_5_VLTextModel._from_config(cfg.text_config, attn_implementation=attn)
+    return Qwen2_5_VLTextModel._from_config(cfg.text_config, attn_implementation=attn), cfg
 
 
 def load_language_model(backbone_cfg, num_layers: int | None = None,
@@ -94,9 +103,11 @@ def load_language_model(backbone_cfg, num_layers: int | None = None,
     head discarded; `num_layers` keeps only the first N decoder layers."""
     families.check_family(backbone_cfg.family)
     if backbone_cfg.pretrained is None:
-        decoder = _random_decoder(backbone_cfg).to(dtype)
+        decoder, vlm_config = _random_decoder(backbone_cfg)
+        decoder = decoder.to(dtype)
     else:
-        decoder = families.load_pretrained_vlm(backbone_cfg, dtype).model.language_model
+        vlm = families.load_pretrained_vlm(backbone_cfg, dtype)
+        decoder, vlm_config = vlm.model.language_model, vlm.config
     if num_layers is not None:
         truncate_layers(decoder, num_layers)
-    return LanguageModel(decoder, backbone_cfg.family).eval()
+    return LanguageModel(decoder, backbone_cfg.family, vlm_config).eval()

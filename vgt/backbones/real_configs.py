@@ -87,12 +87,31 @@ def dc_ae_config(widths: list[int], encoder_layers: list[int], decoder_layers: l
         encoder_out_shortcut=True, decoder_in_shortcut=True, decoder_conv_act_fn="relu")
 
 
-# DC-AE f32c32 (diffusers AutoencoderDC kwargs) as in the config.json of
-# mit-han-lab/dc-ae-f32c32-sana-1.0-diffusers (mirrored verbatim in
-# Efficient-Large-Model/Sana_600M_1024px_diffusers/vae/config.json). The SANA-1.1 release
-# (mit-han-lab/dc-ae-f32c32-sana-1.1-diffusers) ships a config.json of the same size (1.21 kB) and a
-# weight file of the same size (1.25 GB fp32), i.e. the same architecture with retrained weights
-# [verify against its config.json once downloaded]. The last three kwargs are diffusers' defaults,
-# which the released weights use (newer diffusers write them out explicitly).
+# DC-AE f32c32 (diffusers AutoencoderDC kwargs). Checked against public sources (numbers only):
+# * SANA-1.0's release: the config.json of mit-han-lab/dc-ae-f32c32-sana-1.0-diffusers, mirrored in
+#   https://huggingface.co/Efficient-Large-Model/Sana_600M_1024px_diffusers/blob/main/vae/config.json
+#   (`_name_or_path` the 1.0 repo): every number below, scaling_factor 0.41407; the same numbers are
+#   diffusers' own SANA-1.0 conversion recipe (huggingface/diffusers scripts/convert_dcae_to_diffusers.py
+#   `get_ae_config`, commit 58eb52c0803ea9af3abec60841c2a093bdf1f951) and efficientvit's
+#   (mit-han-lab/efficientvit efficientvit/models/efficientvit/dc_ae.py `dc_ae_f32c32`, "sana-1.0",
+#   commit de7d7733cc0329f391b33f1f459271562ec27bd5).
+# * SANA-1.1 (mit-han-lab/dc-ae-f32c32-sana-1.1-diffusers, the preset's decoder.pretrained): per
+#   efficientvit assets/docs/dc_ae_sana_1.1.md (same commit) it keeps SANA-1.0's encoder, retrains the
+#   decoder, and serves models trained on 1.0's latents unchanged: the encoder_* kwargs, latent_channels
+#   32 and the f32 layout (6 stages) hold for 1.1. NVlabs/Sana uses it with
+#   scale_factor 0.41407, latent dim 32, downsample rate 32 (diffusion/utils/config.py `AEConfig`,
+#   commit c28b9bf5798cd6e177efa450f17bc2f453282f85); hustvl/VGT loads it with
+#   AutoencoderDC.from_pretrained and keeps `.decoder` (tokenizer/modeling/vlvae_intervl.py:211-212,
+#   commit 56bd80e2a1ceef490627e0c1df5805aa5bb13ddf). The three kwargs after scaling_factor were added to
+#   AutoencoderDC in diffusers 85cbe589a7c9c9b687b9d8790b84b0119eab9514 with the behaviour of the code
+#   before them as defaults (the decoder's ReLU was hard-coded), which is what a released config that
+#   predates them (1.0's says `_diffusers_version` 0.32.0.dev0 and omits them) loads with.
+# NOT verified: the decoder_* numbers of 1.1 itself (block widths, layers per block, block types,
+# multiscales, norm, activation, upsampling, attention_head_dim). Its config.json was not readable
+# here; the model page lists it at 1.21 kB and the weights at 1.25 GB, the sizes of 1.0's, which
+# suggests but does not prove the same decoder layout. Only the offline builds read these numbers
+# (`vgt convert`, `vgt info`): with decoder.pretrained set, the released config.json is loaded and
+# recorded in every folder written (docs/artifacts.md §2.1), and a converted reference checkpoint
+# whose decoder tensors had other shapes would be refused by name.
 DC_AE_F32C32_SANA = dc_ae_config([128, 256, 512, 512, 1024, 1024], encoder_layers=[2, 2, 2, 3, 3, 3],
                                  decoder_layers=[3] * 6, attention_head_dim=32)

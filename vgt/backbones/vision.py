@@ -22,10 +22,16 @@ class _VisionEncoder(nn.Module):
 
     stride: int
     out_dim: int
+    tower: nn.Module  # the transformers vision model (its `config` is the vision config it was built with)
 
-    def __init__(self, mean: tuple, std: tuple):
+    def __init__(self, mean: tuple, std: tuple, vlm_config):
         super().__init__()
         self.mean, self.std = mean, std  # plain floats: stay fp32 whatever dtype the module gets
+        self.vlm_config = vlm_config  # the VLM's transformers config this encoder was built from
+
+    def hf_config(self) -> dict:
+        """The VLM's full transformers config as loaded (`to_dict()` form), vision config from the tower."""
+        return families.loaded_hf_config(self.vlm_config, vision_config=self.tower.config)
 
     def normalise(self, pixels: torch.Tensor, input_range: tuple[float, float]) -> torch.Tensor:
         if pixels.ndim != 4 or pixels.shape[1] != 3:
@@ -57,7 +63,7 @@ class InternVLVisionEncoder(_VisionEncoder):
     """InternViT (`vision_tower`) -> drop CLS -> pixel shuffle -> `multi_modal_projector`."""
 
     def __init__(self, vision_tower: nn.Module, projector: nn.Module, config):
-        super().__init__(IMAGENET_MEAN, IMAGENET_STD)
+        super().__init__(IMAGENET_MEAN, IMAGENET_STD, config)
         if config.vision_feature_select_strategy != "default":
             raise ValueError("only vision_feature_select_strategy='default' (drop CLS) is supported, "
                              f"got {config.vision_feature_select_strategy!r}")
@@ -67,6 +73,10 @@ class InternVLVisionEncoder(_VisionEncoder):
         self.patch = config.vision_config.patch_size[0]
         self.stride = self.patch * self.factor
         self.out_dim = config.text_config.hidden_size
+
+    @property
+    def tower(self) -> nn.Module:
+        return self.vision_tower
 
     def forward(self, pixels: torch.Tensor, input_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
         x = self.normalise(pixels, input_range).to(self.projector.linear_1.weight.dtype)
@@ -97,12 +107,16 @@ class QwenVisionEncoder(_VisionEncoder):
     """Qwen2.5-VL `visual` (ViT with window attention + 2x2 PatchMerger), one image per grid_thw row."""
 
     def __init__(self, visual: nn.Module, config):
-        super().__init__(CLIP_MEAN, CLIP_STD)
+        super().__init__(CLIP_MEAN, CLIP_STD, config)
         vc = config.vision_config
         self.visual = visual
         self.patch, self.merge, self.temporal = vc.patch_size, vc.spatial_merge_size, vc.temporal_patch_size
         self.stride = self.patch * self.merge
         self.out_dim = vc.out_hidden_size
+
+    @property
+    def tower(self) -> nn.Module:
+        return self.visual
 
     def forward(self, pixels: torch.Tensor, input_range: tuple[float, float] = (-1.0, 1.0)) -> torch.Tensor:
         x = self.normalise(pixels, input_range)

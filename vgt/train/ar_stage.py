@@ -26,7 +26,7 @@ from vgt import io as vio
 from vgt.ae.model import VGTAutoencoder
 from vgt.ar.model import KIND, VGTModel
 from vgt.ar.sampling import image_generator, sample_latents
-from vgt.artifacts import ArtifactError, load_component
+from vgt.artifacts import ArtifactError, check_same_backbone, load_component
 from vgt.config import AEConfig, VGTConfig, from_dict
 from vgt.data.encode import center_crop_pixels, encode_pixels
 from vgt.data.latents import latents_from_columns
@@ -72,11 +72,14 @@ class ARStage:
                 raise ValueError("sft starts from a pretrained pipeline: pass --init PIPELINE_DIR")
             return model.train()
         folder = vio.join(spec.init, read_index(spec.init)["components"]["ar"])
-        _, state, _ = load_component(folder, kind=KIND)
+        stored, state, _ = load_component(folder, kind=KIND)
         try:
             model.load_state_dict(state)
         except RuntimeError as err:
             raise ArtifactError(f"--init {spec.init!r} does not fit the preset's AR architecture: {err}") from err
+        # shapes fit; eps, rope, activations must too (the folder records the LLM config it was trained with)
+        check_same_backbone(f"--init {spec.init!r}", stored["ar"]["backbone"]["hf_config"],
+                            model.config.backbone.hf_config, "ar.backbone.hf_config")
         return model.train()
 
     def _repa_teacher(self, pixels: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
