@@ -2,8 +2,8 @@
 
   vgt eval recon --ae AE_DIR --data PREPARED [--convention standard|reference] [--no-fd] [--out FILE]
   vgt eval shapes --model PIPELINE_DIR_OR_URL [--n 4] [--guidance-scale 3] [--out DIR]
-  vgt eval geneval-images --model PIPELINE_DIR --prompts evaluation_metadata.jsonl --out DIR
-  vgt eval dpg-images --model PIPELINE_DIR --prompts ELLA_PROMPTS_DIR --out DIR
+  vgt eval geneval-images --model PIPELINE_DIR --prompts evaluation_metadata.jsonl --out DIR [--protocol geneval]
+  vgt eval dpg-images --model PIPELINE_DIR --prompts ELLA_PROMPTS_DIR --out DIR [--protocol dpg]
 
 recon: PSNR and SSIM per image (standard definitions, data range 1; or the reference evaluator's
 conventions with --convention reference: squash resize, 256/448 bilinear downsample, SSIM data
@@ -12,7 +12,10 @@ shapes: the fixed held-out shapes prompts, scored by a deterministic detector (c
 shape, position, two-object; GenEval-style overall); --model is a pipeline folder (Ray Data) or a
 `vgt serve` URL (one HTTP request per image). Both sample with the model's config.sample unless
 told otherwise, and image k of prompt i uses seed + i * n + k, so a folder and its endpoint give the
-same images.
+same images. geneval-images and dpg-images take `--protocol geneval|dpg`: the reference's benchmark
+sampling (guidance 4.5, linear schedule, random order, one token per LLM step, SDE; 30 flow-head
+steps for GenEval, 100 for DPG; docs/reference.md §4.1), single flags overriding it. Evaluation actors
+on a GPU run their models in bf16 (the attention kernel follows), on the CPU in fp32.
 Everything but the URL case runs as Ray Data batch inference (--address, else RAY_ADDRESS, else a
 local cluster).
 """
@@ -21,9 +24,14 @@ from __future__ import annotations
 import argparse
 
 
-def _sampling(p: argparse.ArgumentParser, n: int | None = 4, http: bool = False) -> None:
+def _sampling(p: argparse.ArgumentParser, n: int | None = 4, http: bool = False, protocol: bool = False) -> None:
     from ray_jobs._entry import add_address, at_least
 
+    if protocol:
+        p.add_argument("--protocol", choices=["geneval", "dpg"], default=None,
+                       help="sample as the reference ran the benchmark: guidance 4.5, linear schedule, random "
+                            "order, 1 token per LLM step, SDE with 30 (geneval) or 100 (dpg) flow-head steps; "
+                            "the flags below override single settings (default: the model's config.sample)")
     if n is not None:
         p.add_argument("--n", type=at_least(1), default=n, help=f"images per prompt (default {n})")
     p.add_argument("--seed", type=int, default=0, help="image k of prompt i uses seed + its index (default 0)")
@@ -70,18 +78,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--model", required=True, help="pipeline folder (local or s3://)")
     g.add_argument("--prompts", required=True, help="GenEval evaluation_metadata.jsonl")
     g.add_argument("--out", required=True, help="output folder (local or s3://)")
-    _sampling(g)
+    _sampling(g, protocol=True)
     d = sub.add_parser("dpg-images", help="DPG-Bench 2x2 grids named by prompt id")
     d.add_argument("--model", required=True, help="pipeline folder (local or s3://)")
     d.add_argument("--prompts", required=True, help="folder of <id>.txt prompt files (ELLA dpg_bench/prompts)")
     d.add_argument("--out", required=True, help="output folder (local or s3://)")
-    _sampling(d, n=None)
+    _sampling(d, n=None, protocol=True)
 
 
 def sample_options(args) -> dict:
+    """Sampling settings for the model: the `--protocol`'s, then the explicit flags over them; the rest
+    come from the pipeline folder's config.sample."""
+    from vgt.eval.protocols import protocol_settings
+
     keys = {"guidance_scale": args.guidance_scale, "num_steps": args.num_steps,
             "parallel_tokens": args.parallel_tokens}
-    return {k: v for k, v in keys.items() if v is not None}
+    protocol = getattr(args, "protocol", None)
+    return {**(protocol_settings(protocol) if protocol else {}), **{k: v for k, v in keys.items() if v is not None}}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -139,12 +152,12 @@ def _dispatch(args) -> dict:
         return {k: v for k, v in summary.items() if k != "per_prompt"}
     from pipelines.eval.benchmarks import dpg_images, geneval_images
 
+    sample = sample_options(args)
     if args.what == "geneval-images":
-        count = geneval_images(args.model, args.prompts, args.out, args.n, args.seed, sample_options(args),
-                               **ray_options)
+        count = geneval_images(args.model, args.prompts, args.out, args.n, args.seed, sample, **ray_options)
     else:
-        count = dpg_images(args.model, args.prompts, args.out, args.seed, sample_options(args), **ray_options)
-    return {"prompts": count, "out": args.out}
+        count = dpg_images(args.model, args.prompts, args.out, args.seed, sample, **ray_options)
+    return {"prompts": count, "out": args.out, "protocol": args.protocol, "sample": sample}
 
 
 if __name__ == "__main__":

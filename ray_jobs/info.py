@@ -1,9 +1,17 @@
-"""List presets with parameter counts and estimated training memory per GPU.
+"""List presets with parameter counts, estimated training memory per GPU and AR activation memory.
 
 Counts come from building every component on the meta device (no weights, no hub). Memory per
-GPU assumes plain data parallelism (every GPU holds a full copy): bf16 weights for all
-parameters, bf16 gradients + fp32 master weights + fp32 AdamW moments for trainable ones;
-activations excluded. FSDP divides the trainable part by the number of GPUs.
+GPU (`ae_train_gib`, `ar_train_gib`) assumes plain data parallelism (every GPU holds a full copy):
+bf16 weights for all parameters, bf16 gradients + fp32 master weights + fp32 AdamW moments for
+trainable ones; activations excluded. FSDP divides the trainable part by the number of GPUs.
+
+AR activations (`ar_act_gib`, `ar_act_ckpt_gib`): what one micro-batch of the AR pretraining stage
+saves for backward on a GPU, without and with activation checkpointing of the LLM layers, at
+`ar_batch` samples (train.ar_pretrain.batch_size, per GPU) of `ar_seq` LLM tokens (the prompt padded
+to ar.max_prompt_tokens, the `<img>` marker, a query and a latent per latent token): bf16 compute
+with FSDP2's bf16 parameters (the AR default on GPUs) and the `attn_gpu` kernel (vgt.footprint,
+checked against the bytes torch actually saves). Training adds them to the state under its strategy
+and turns checkpointing on when the sum does not fit (train.activation_checkpointing=null).
 
 Attention kernels: `attn_gpu` is what GPU training (bf16 autocast / FSDP2 bf16 parameters) and bf16
 serving run, assuming flash-attn imports on that machine (otherwise sdpa; the table's footnote says
@@ -24,20 +32,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def preset_rows(names: list[str], overrides: list[str] = ()) -> list[dict]:
-    from vgt.footprint import count_parameters, estimate_train_memory
+    from vgt.footprint import count_parameters, estimate_train_memory, meta_models
     from vgt.presets import get_preset
 
     rows = []
     for name in names:
         cfg = get_preset(name, list(overrides))
-        counts = count_parameters(cfg)
+        models = meta_models(cfg)
+        counts = count_parameters(cfg, models)
         memory = estimate_train_memory(cfg, counts)
+        kernels = attention_kernels(cfg)
         rows.append({"preset": name, "family": cfg.ar.backbone.family, "px": cfg.data.resolution,
                      "ae_params": counts["ae"], "ar_llm_params": counts["ar.llm"],
                      "ar_head_params": counts["ar.head"], "ar_params": counts["ar"],
                      "ae_train_gib": round(memory["ae"]["total_gib"], 2),
-                     "ar_train_gib": round(memory["ar"]["total_gib"], 2), **attention_kernels(cfg)})
+                     "ar_train_gib": round(memory["ar"]["total_gib"], 2),
+                     **ar_activations(cfg, models, kernels["attn_gpu"].split()[-1]), **kernels})
     return rows
+
+
+def ar_activations(cfg, models, attention: str) -> dict:
+    """{"ar_batch", "ar_seq", "ar_act_gib", "ar_act_ckpt_gib"}: one AR pretraining micro-batch on a GPU
+    (module docstring)."""
+    import torch
+
+    from vgt.footprint import ar_activation_bytes, ar_activation_shape
+
+    ae, ar = models
+    grid = cfg.data.resolution // ae.stride
+    shape = ar_activation_shape(ar, cfg.train.ar_pretrain.batch_size, grid * grid)
+    gib = {ckpt: ar_activation_bytes(shape, torch.bfloat16, torch.bfloat16, attention, "cuda", ckpt)["total"] / 2**30
+           for ckpt in (False, True)}
+    return {"ar_batch": shape.batch, "ar_seq": shape.seq, "ar_act_gib": round(gib[False], 2),
+            "ar_act_ckpt_gib": round(gib[True], 2)}
 
 
 def attention_kernels(cfg) -> dict[str, str]:

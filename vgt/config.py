@@ -300,8 +300,11 @@ class TrainConfig:
     """Steps between metric reports to Ray (a report is a barrier across the workers)."""
     sample_every: int = 2000
     """Steps between preview grids in OUT/samples (AE: reconstructions, AR: samples); 0 = none."""
-    activation_checkpointing: bool = False
-    """Recompute the LLM blocks' activations in the backward pass (AR stages): less memory, more compute."""
+    activation_checkpointing: bool | None = None
+    """Recompute the LLM layers' activations in the backward pass (AR stages): less memory, more compute.
+    null (auto): on when the AR stage's memory estimate without it (state under the strategy + activations of
+    one micro-batch, `vgt.footprint.plan_ar_memory`) exceeds the device's usable memory; logged at the start.
+    true / false force it."""
     strategy: str = "auto"
     """"ddp" | "fsdp2" | "auto" (AR: fsdp2 on GPU, else ddp; AE: ddp)."""
     stop_at: int | None = None

@@ -7,6 +7,10 @@ image draws from its own generator, `image_generator(seed + image id, 0)`: exact
 request with that seed and n=1 uses (pipelines.eval.http), so a folder and its endpoint give the same
 images. The pictures do not depend on how Ray batches rows; the driver receives PNG bytes and
 writes the layouts. Sampling settings not given come from the folder's config.sample.
+
+Precision: on a GPU both actors run their models in bf16 (as the reference evaluates, and as `vgt serve`
+samples), switching the attention kernel to match (flash-attention where it imports); on the CPU in fp32.
+The feature network of the Fréchet proxy stays fp32.
 """
 from __future__ import annotations
 
@@ -32,6 +36,24 @@ def _ray():
     return ray
 
 
+def placement():
+    """(device, dtype) an evaluation actor runs its model in: a visible GPU in bf16, else the CPU in fp32."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.device("cuda"), torch.bfloat16
+    return torch.device("cpu"), torch.float32
+
+
+def place(model, device, dtype):
+    """`model` moved to `device` in `dtype`, its attention switched to what computes there (`use_attention`,
+    for the models that have one; a VGTPipeline's `to` switches both of its models itself)."""
+    model = model.to(device, dtype)
+    if hasattr(model, "use_attention"):
+        model.use_attention(device, dtype)
+    return model
+
+
 def _gpus(num_gpus: float | None) -> float:
     if num_gpus is not None:
         return num_gpus
@@ -48,9 +70,9 @@ class ReconActor:
         from vgt.eval.efficientnet_lite import load_pretrained
 
         torch.set_num_threads(torch_threads)
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.ae = VGTAutoencoder.from_pretrained(ae).to(device).eval()
-        self.features = load_pretrained().to(device) if fd else None
+        device, dtype = placement()
+        self.ae = place(VGTAutoencoder.from_pretrained(ae), device, dtype).eval()
+        self.features = load_pretrained().to(device) if fd else None  # fp32: the metric's own precision
         self.data = PreparedDataset(data)
         self.convention, self.batch_size = convention, batch_size
 
@@ -102,9 +124,7 @@ class GenerateActor:
         from vgt.pipeline import VGTPipeline
 
         torch.set_num_threads(torch_threads)
-        self.pipe = VGTPipeline.from_pretrained(model)
-        if torch.cuda.is_available():
-            self.pipe.to("cuda")
+        self.pipe = place(VGTPipeline.from_pretrained(model), *placement())
         self.seed, self.sample = seed, sample
 
     def __call__(self, batch: dict) -> dict:

@@ -66,7 +66,7 @@ def feature_inputs(x01: torch.Tensor, convention: str) -> torch.Tensor:
 def evaluate_batch(ae, images: list[bytes], resolution: int, convention: str, features=None) -> dict[str, np.ndarray]:
     """Per-row psnr, ssim (and real/recon feature vectors when `features` is a feature network)."""
     real = model_inputs(images, resolution, convention)
-    recon = ae(real.to(next(ae.parameters()).device)).cpu()
+    recon = ae(real.to(next(ae.parameters()).device)).float().cpu()  # a bf16 AE decodes to bf16
     a, b = metric_images(real, recon, convention)
     out = {"psnr": psnr(a, b).numpy(), "ssim": ssim(a, b, mode=convention).numpy()}
     if features is not None:

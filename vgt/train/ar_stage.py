@@ -31,6 +31,7 @@ from vgt.config import AEConfig, VGTConfig, from_dict
 from vgt.data.encode import center_crop_pixels, encode_pixels
 from vgt.data.latents import latents_from_columns
 from vgt.data.reader import LatentMismatchError
+from vgt.footprint import MemoryPlan, ar_activation_shape, device_memory_bytes, plan_ar_memory
 from vgt.pipeline import VGTPipeline, read_index
 
 log = logging.getLogger(__name__)
@@ -50,20 +51,35 @@ class ARStage:
         self.model = self._model(spec, cfg)
         self.model.attach_autoencoder(self.ae)
         # attention for where and in what dtype forwards compute (bf16 autocast / FSDP2 params on GPU)
-        self.model.use_attention(env.device, env.compute_dtype)
+        attention = self.model.use_attention(env.device, env.compute_dtype)
         self.ae.use_attention(env.device, env.compute_dtype)
         if cfg.ar.repa_weight > 0:
             self.model.repa_teacher = self._repa_teacher
+        self.size = cfg.data.resolution
+        self.grid = (self.size // self.ae.stride,) * 2
+        self.memory = self._memory_plan(attention)
+        if env.is_main:
+            (log.info if self.memory.fits() else log.warning)("%s", self.memory.describe())
         blocks = list(self.model.llm.model.layers)
-        wrapped = distribute(self.model, env, blocks, cfg.train.activation_checkpointing)
+        wrapped = distribute(self.model, env, blocks, self.memory.checkpointing)
         opt = adamw(param_groups(self.model.named_parameters(), s.lr, s.weight_decay), s.lr, s.betas)
         self.trainables = Trainables({"model": wrapped}, {"model": opt},
                                      {"model": scheduler(opt, s.warmup_steps, spec.steps, s.end_lr / s.lr)},
                                      {"model": EMA(self.model, s.ema_decay, s.ema_start)})
         self.rows_per_step = s.batch_size * s.grad_accum
-        self.size = cfg.data.resolution
-        self.grid = (self.size // self.ae.stride,) * 2
         self.tokens_per_sample = 2 * self.grid[0] * self.grid[1]  # + prompt tokens, counted per step
+
+    def _memory_plan(self, attention: str) -> MemoryPlan:
+        """Per-GPU memory of this stage, and whether to checkpoint activations (train.activation_checkpointing,
+        null: when the estimate without it does not fit the device)."""
+        env, model = self.env, self.model
+        shape = ar_activation_shape(model, self.s.batch_size, self.grid[0] * self.grid[1])
+        return plan_ar_memory(
+            shape, trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
+            frozen=sum(p.numel() for p in self.ae.parameters()),
+            layer_params=sum(p.numel() for p in model.llm.model.layers[0].parameters()), strategy=env.strategy,
+            world=env.world, compute_dtype=env.compute_dtype, attention=attention, device_type=env.device.type,
+            device_bytes=device_memory_bytes(env.device), setting=self.cfg.train.activation_checkpointing)
 
     def _model(self, spec: LoopSpec, cfg: VGTConfig) -> VGTModel:
         model = VGTModel(cfg.ar, latent_dim=self.ae.config.latent_channels)
