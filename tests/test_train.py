@@ -252,6 +252,16 @@ def toy_full(ray_cluster, toy_data, tmp_path_factory) -> str:
     return spec.out
 
 
+@pytest.mark.timeout(180)
+def test_threads_per_worker_sets_the_workers_torch_threads(toy_data, tmp_path):
+    """`ray.threads_per_worker` is what each worker's torch runs with (the demo: 2 / workers);
+    without it Ray's default for a fractional-CPU worker, one thread."""
+    for threads, expected in ((2, 2), (None, 1)):
+        spec = toy_spec([toy_data], str(tmp_path / f"threads-{threads}"), steps=2)
+        fit_toy(spec, workers=1, threads_per_worker=threads)
+        assert [r["torch_threads"] for r in metrics(spec.out) if r.get("event") == "start"] == [expected]
+
+
 def test_exact_resume_mid_epoch_then_fault_tolerance(toy_data, toy_full, tmp_path):
     """Stop at step 5 (mid-epoch), rerun to 12: it restarts at 5. In that rerun rank 1 dies after
     step 10 (max_failures=1): the group restarts from the step-8 checkpoint, not from 0. Losses of

@@ -17,6 +17,8 @@ class RayTrainConfig:
     """Ray Train workers (one per GPU on GPU clusters); a resumed run needs the same number."""
     cpus_per_worker: float = 1.0
     """CPUs each worker reserves (ScalingConfig resources_per_worker); fractional on small machines."""
+    threads_per_worker: int | None = None
+    """torch intra-op threads in each worker; None: Ray's default (the worker's whole CPUs, at least 1)."""
     use_gpu: bool | None = None
     """Train on GPUs; None: when the Ray cluster has any."""
     keep_checkpoints: int = 2
@@ -57,4 +59,6 @@ def ray_train_config(overrides: list[str] | dict | None = None) -> RayTrainConfi
             raise ConfigError(f"{e} (Ray Train settings: {', '.join(PREFIX + k for k in flat_keys(cfg))})") from None
     if cfg.num_workers < 1:
         raise ConfigError("ray.num_workers must be at least 1")
+    if cfg.threads_per_worker is not None and cfg.threads_per_worker < 1:
+        raise ConfigError("ray.threads_per_worker must be at least 1 (or None: Ray's default)")
     return cfg

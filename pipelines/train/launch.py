@@ -83,7 +83,8 @@ def fit(spec: LoopSpec, ray_cfg: RayTrainConfig, default_strategy_gpu: str = "dd
     fs, path = vio.pyarrow_fs(spec.out)
     trainer = TorchTrainer(
         ray_worker_main,
-        train_loop_config={"spec": asdict(spec), "fail_at_step": ray_cfg.fail_at_step},
+        train_loop_config={"spec": asdict(spec), "fail_at_step": ray_cfg.fail_at_step,
+                           "threads": ray_cfg.threads_per_worker},
         # One worker per GPU, or CPU workers. Fractional CPUs leave room on small machines for
         # the Train controller and anything else sharing the cluster.
         scaling_config=ScalingConfig(num_workers=ray_cfg.num_workers, use_gpu=use_gpu,

@@ -9,6 +9,7 @@ import functools
 
 import ray.train
 import ray.train.torch
+import torch
 
 from vgt import io as vio
 from vgt.train.distributed import WorkerEnv
@@ -21,6 +22,8 @@ def ray_worker_env(strategy: str) -> WorkerEnv:
 
 
 def ray_worker_main(config: dict) -> None:
+    if config["threads"]:
+        torch.set_num_threads(config["threads"])
     spec = LoopSpec(**config["spec"])
     env = ray_worker_env(train_cfg(spec)["strategy"])
     after_step = None

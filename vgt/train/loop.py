@@ -76,7 +76,7 @@ def run_loop(spec: LoopSpec, env: WorkerEnv, checkpoint=None, report=None,
     log = MetricsLog(spec.out, start) if env.is_main else None
     if log:
         log.append({"event": "start", "step": start, "time": time.time(), "world_size": env.world,
-                    "strategy": env.strategy})
+                    "strategy": env.strategy, "torch_threads": torch.get_num_threads()})
     deadline = time.monotonic() + t["time_limit_s"] if t.get("time_limit_s") is not None else None
     ended = False
     for step in range(start, stop):
