@@ -80,33 +80,92 @@ def check_report(out, n: int, budget_s: float) -> dict:
     return metrics
 
 
+# The short demo's fixed training: enough for position and colour to follow the prompt.
+SHORT_STEPS = {"ae": 600, "ar": 1000}
+# What the conditioned model must beat the unconditional one (guidance 0: the prompt ignored) by.
+# The short demo's run: position 0.97 against 0.22; colour is still at chance after 1000 AR steps
+# (0.01 against 0.03: it is learned after ~1500), so the quality test holds the colour margin
+# (README "The default demo on 2 cores").
+SHORT_MARGINS = {"position": 0.50}
+QUALITY_MARGINS = {"position": 0.50, "colour": 0.50}
+# The quality test's fixed training: what the default 15-minute budget buys on 2 quiet cores. A busy
+# machine takes longer but trains and scores the same (the sampling seeds are fixed too).
+QUALITY_STEPS = {"ae": 1600, "ar": 1800}
+# Floors the quality test's runs cleared (README "The default demo on 2 cores": colour 0.81,
+# position 1.00). Count is not floored: at these steps it is no better than the unconditional
+# model's (0.32 vs 0.31), the open part of issue 12.
+QUALITY_FLOORS = {"colour": 0.70, "position": 0.95}
+
+
+def score_table(metrics: dict) -> str:
+    rows = [("generated", metrics["shapes"]), ("unconditional", metrics["shapes_unconditional"]),
+            ("AE ceiling", metrics["ae_ceiling"])]
+    head = "| | " + " | ".join(TASKS) + " |"
+    return "\n".join([head, *(f"| {name} | " + " | ".join(f"{block[t]:.2f}" for t in TASKS) + " |"
+                                for name, block in rows)])
+
+
+def prompt_lift_short_of(metrics: dict, margins: dict) -> dict:
+    """Tasks where the conditioned score is not `margin` above the unconditional model's."""
+    conditioned, unconditional = metrics["shapes"], metrics["shapes_unconditional"]
+    return {t: (conditioned[t], unconditional[t]) for t, margin in margins.items()
+            if conditioned[t] < unconditional[t] + margin}
+
+
 @pytest.mark.ray  # the demo starts its own Ray cluster
-@pytest.mark.timeout(900)  # Ray start, 2 x Ray Train, Serve deploy: ~2-4 min on 2 idle cores, ~9 on busy ones
-def test_short_demo_writes_a_complete_report(tmp_path):
+@pytest.mark.timeout(1200)  # Ray start, 2 x Ray Train, Serve deploy: ~5 min on 2 idle cores, ~12 on busy ones
+def test_short_demo_follows_its_prompts(tmp_path):
     out = tmp_path / "demo"
-    proc = run_demo(out, "--budget-minutes", "3", "--steps", "8", "--train-images", "200", "--heldout-images", "24",
-                    "--n", "1", "--num-workers", "1", timeout=870)
+    proc = run_demo(out, "--budget-minutes", "6", "--ae-steps", str(SHORT_STEPS["ae"]), "--ar-steps",
+                    str(SHORT_STEPS["ar"]), "--train-images", "2000", "--heldout-images", "24", "--n", "2",
+                    timeout=1170)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "[demo 8/8] report done" in proc.stdout
-    metrics = check_report(out, n=1, budget_s=870)
-    assert metrics["train_ae"]["steps"] == metrics["train_ar"]["steps"] == 8
+    metrics = check_report(out, n=2, budget_s=1170)
+    assert (metrics["train_ae"]["steps"], metrics["train_ar"]["steps"]) == (SHORT_STEPS["ae"], SHORT_STEPS["ar"])
+    assert metrics["shapes_unconditional"]["n_images"] == len(eval_prompts())
+    behind = prompt_lift_short_of(metrics, SHORT_MARGINS)
+    assert not behind, f"the prompt does not lift {behind} by {SHORT_MARGINS}:\n{score_table(metrics)}"
+
+
+@pytest.mark.slow
+@pytest.mark.ray
+@pytest.mark.timeout(2700)  # ~15 min on 2 quiet cores; fixed steps take longer on a busy machine
+def test_default_demo_follows_its_prompts(tmp_path):
+    out = tmp_path / "demo"
+    proc = run_demo(out, "--ae-steps", str(QUALITY_STEPS["ae"]), "--ar-steps", str(QUALITY_STEPS["ar"]),
+                    timeout=2650)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    metrics = check_report(out, n=8, budget_s=2650)
+    table = score_table(metrics)
+    below = {t: metrics["shapes"][t] for t, floor in QUALITY_FLOORS.items() if metrics["shapes"][t] < floor}
+    assert not below, f"held-out scores below the floors {QUALITY_FLOORS}:\n{table}"
+    behind = prompt_lift_short_of(metrics, QUALITY_MARGINS)
+    assert not behind, f"the prompt does not lift {behind} by {QUALITY_MARGINS}:\n{table}"
+    records = json.loads((out / "shapes" / "shapes.json").read_text())["images"]
+    blank = [r["image"] for r in records
+             if np.asarray(Image.open(out / "shapes" / r["image"]).convert("L"), dtype=float).std() <= 2.0]
+    assert not blank, f"blank images {blank}\n{table}"
+    # the preset's batch on the one worker (2 threads); long training prints progress
+    assert (metrics["train_ae"]["batch_per_worker"], metrics["train_ar"]["batch_per_worker"]) == (8, 32)
+    assert re.search(r"^  train-ar: step \d+ of \d+, loss [0-9.]+, \d+ s$", proc.stdout, re.M), proc.stdout[-2000:]
 
 
 @pytest.mark.slow
 @pytest.mark.ray
 @pytest.mark.timeout(1500)
-def test_full_default_demo(tmp_path):
-    out = tmp_path / "demo"
+def test_default_demo_keeps_to_its_budget(tmp_path):
+    """`make demo` as a user runs it: every stage sized to the 15-minute budget on this machine."""
+    import time
+
+    out, started = tmp_path / "demo", time.monotonic()
     proc = run_demo(out, timeout=1450)
+    wall_s = time.monotonic() - started
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    metrics = check_report(out, n=2, budget_s=1450)
-    # both stages learned (the scores themselves depend on how many steps this machine fits in the
-    # budget; README "Calibration" has the figures)
-    for stage in ("train_ae", "train_ar"):
+    metrics = check_report(out, n=8, budget_s=1450)
+    assert wall_s <= 1.1 * 15 * 60, (wall_s, metrics["stage_seconds"], metrics["stage_budget_seconds"])
+    for stage in ("train_ae", "train_ar"):  # both stages learned, whatever the machine let them do
         assert metrics[stage]["last_loss"] < 0.7 * metrics[stage]["first_loss"], metrics[stage]
-    # the preset's (calibrated) batch is split over the 2 workers; long training prints progress
-    assert (metrics["train_ae"]["batch_per_worker"], metrics["train_ar"]["batch_per_worker"]) == (4, 16)
-    assert re.search(r"^  train-ar: step \d+ of \d+, loss [0-9.]+, \d+ s$", proc.stdout, re.M), proc.stdout[-2000:]
 
 
 @pytest.mark.timeout(30)

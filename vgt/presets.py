@@ -63,14 +63,13 @@ def _demo() -> VGTConfig:
     cfg.ae.decoder.dc_config = dc_ae_config([16, 32, 32, 64, 64], encoder_layers=layers, decoder_layers=layers,
                                             attention_head_dim=8)
     cfg.ar.head = FlowHeadConfig(width=224, depth=4, timeshift=1.4)
-    cfg.ar.head_batch_mul = 4  # the head is ~1/4 of a step's compute; 4 draws per token learn faster
     cfg.data.image_format = "png"  # flat colours: lossless
     cfg.train = TrainConfig(
-        ae_stage1=AEStageConfig(steps=2500, batch_size=8, lr=1e-3, end_lr=1e-4, warmup_steps=20, encoder_lr_mult=1.0,
+        ae_stage1=AEStageConfig(steps=1600, batch_size=8, lr=1e-3, end_lr=1e-4, warmup_steps=20, encoder_lr_mult=1.0,
                                 encoder_norm=True, noise_gamma=0.2, distill_weight=0.0, lpips_weight=0.0,
                                 convnext_weight=0.0, gan_weight=0.0, disc_start=10**9),
         # EMA over ~the last 100 steps: a 0.999 average lags a run of a few hundred steps
-        ar_pretrain=ARStageConfig(steps=1500, batch_size=32, lr=1e-3, end_lr=1e-4, warmup_steps=50,
+        ar_pretrain=ARStageConfig(steps=3000, batch_size=32, lr=1e-3, end_lr=1e-4, warmup_steps=50,
                                   ema_decay=0.99, ema_start=100),
         checkpoint_every=500, log_every=10, sample_every=0)
     # one token per LLM step: 16 LLM forwards per image, ~0.08 better colour and count than 4

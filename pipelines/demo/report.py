@@ -99,10 +99,10 @@ def _table(rows: list[tuple[str, object]]) -> str:
 
 
 def render_html(metrics: dict, cfg) -> str:
-    shapes, ceiling = metrics["shapes"], metrics["ae_ceiling"]
+    shapes, ceiling, unconditional = metrics["shapes"], metrics["ae_ceiling"], metrics["shapes_unconditional"]
     tasks = ["colour", "count", "shape", "position", "two_object", "single_all", "overall"]
-    score_rows = "".join(f"<tr><th>{t}</th><td>{_num(shapes.get(t))}</td><td>{_num(ceiling.get(t))}</td></tr>"
-                         for t in tasks)
+    score_rows = "".join(f"<tr><th>{t}</th><td>{_num(shapes.get(t))}</td><td>{_num(unconditional.get(t))}</td>"
+                         f"<td>{_num(ceiling.get(t))}</td></tr>" for t in tasks)
     recon = metrics["recon"]
     recon_rows = [("PSNR (standard, dB)", recon["standard"]["psnr"]), ("SSIM (standard)", recon["standard"]["ssim"]),
                   ("PSNR (reference conventions, dB)", recon["reference"]["psnr"]),
@@ -128,9 +128,11 @@ img.ok{{border-color:#3a3}} img.bad{{border-color:#c33}}</style></head><body>
 {http.get('requests', '?')} HTTP requests to the Serve app, sampled with the model's config.sample
 (CFG {shapes['sample'].get('guidance_scale', cfg.sample.guidance_scale)}, {cfg.sample.num_steps} steps,
 {cfg.sample.parallel_tokens} tokens per LLM step).
-Scores by the deterministic shapes detector; the AE ceiling scores the autoencoder's own
+Scores by the deterministic shapes detector; "unconditional" scores one image per prompt drawn with
+guidance 0 (the model without its prompt: chance level); the AE ceiling scores the autoencoder's own
 reconstructions of held-out ground-truth renders.</p>
-<h2>Shapes scores</h2><table><tr><th>task</th><th>generated</th><th>AE ceiling</th></tr>{score_rows}</table>
+<h2>Shapes scores</h2><table><tr><th>task</th><th>generated</th><th>unconditional</th><th>AE ceiling</th></tr>
+{score_rows}</table>
 <h2>Reconstruction</h2>{_table(recon_rows)}<img src="report/recon_grid.png" alt="originals over reconstructions">
 <h2>Training</h2><img src="report/ae_loss.png" alt="AE loss"><img src="report/ar_loss.png" alt="AR loss">
 {_table([("AE steps", metrics['train_ae'].get('steps')), ("AE final loss", metrics['train_ae'].get('last_loss')),

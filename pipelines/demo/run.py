@@ -9,8 +9,9 @@
 
 Every stage has a share of the time budget (training stages also get what earlier stages left
 over). Training steps are the stage's budget times the step rate measured on 2 cores (capped at
-the preset's steps; `steps` fixes them instead), and each training run also gets a wall-time cap
-(`train.time_limit_s`) of its budget, so the demo keeps to it on a slower or busier machine.
+the preset's steps), and each such run also gets a wall-time cap (`train.time_limit_s`) of its
+budget, so the demo keeps to it on a slower or busier machine. Fixed steps (`ae_steps` /
+`ar_steps`) run to the end whatever the clock says: a busy machine takes longer but learns the same.
 """
 from __future__ import annotations
 
@@ -25,31 +26,33 @@ from dataclasses import asdict, dataclass, field
 
 from vgt import io as vio
 
-# Stage -> share of the total budget (sums to 1). Training gets most, the AR stage a bit more: the
-# AE's reconstructions reach their colour/count/position ceiling in ~6 CPU-minutes, the generator
-# keeps improving past 8 (README "Calibration"); the rest are mostly fixed costs (Ray start, Ray
-# Train worker start, Serve deploy).
-BUDGET_SHARES = {"data": 0.03, "prep": 0.07, "train-ae": 0.30, "prep-latents": 0.04, "train-ar": 0.40,
-                 "serve": 0.05, "generate": 0.06, "report": 0.05}
+# Stage -> share of the total budget (sums to 1). The AR stage gets half: the AE reaches its
+# reconstruction ceiling in its preset's steps, the generator keeps improving as long as it trains
+# (README "Why the demo learns slowly"); the rest are mostly fixed costs (Ray start, Ray Train
+# worker start, Serve deploy, scoring 8 images per held-out prompt).
+BUDGET_SHARES = {"data": 0.03, "prep": 0.04, "train-ae": 0.22, "prep-latents": 0.04, "train-ar": 0.50,
+                 "serve": 0.04, "generate": 0.08, "report": 0.05}
+CORES = 2  # the demo's local Ray cluster
 TRAIN_FIXED_S = 25.0  # Ray Train start-up + export per training stage, not available for steps
 PROGRESS_EVERY_S = 30.0  # a training progress line this often (worker logs are not forwarded)
-# Ray Train optimiser steps per second of a stage's share, the preset's batch split over 2 workers,
-# measured by the default demo on 2 idle cores (median step gaps of two runs: AE 0.17-0.20 s, AR
-# 0.42-0.46 s). Fixed rates, not a probe: a few timed steps right after the previous stage varied
-# 6x between runs. A slower machine is held to the budget by `train.time_limit_s`.
-STEPS_PER_SECOND = {"ae_stage1": 5.0, "ar_pretrain": 2.3}
+# Ray Train optimiser steps per second of a stage's share, one worker with 2 threads,
+# measured by the default demo on 2 idle cores (README "The default demo on 2 cores"). Fixed rates,
+# not a probe: a few timed steps right after the previous stage varied 6x between runs. A slower
+# machine is held to the budget by `train.time_limit_s`.
+STEPS_PER_SECOND = {"ae_stage1": 9.0, "ar_pretrain": 3.6}
 
 
 @dataclass
 class DemoOptions:
     out: str
     budget_minutes: float = 15.0
-    steps: int | None = None  # training steps of both stages (default: from the budget)
-    n: int = 2  # images per held-out prompt, one HTTP request each
+    ae_steps: int | None = None  # AE training steps, run to the end (default: what fits the budget)
+    ar_steps: int | None = None  # AR training steps, run to the end (default: what fits the budget)
+    n: int = 8  # images per held-out prompt, one HTTP request each
     train_images: int = 4000
     heldout_images: int = 96
     shard_size: int = 500
-    workers: int = 2
+    workers: int = 1  # Ray Train workers; their torch threads share the CORES
     seed: int = 0
     preset: str = "demo"
     overrides: list[str] = field(default_factory=list)
@@ -81,7 +84,7 @@ class Stages:
         return result
 
 
-def start_ray(temp_dir: str, num_cpus: int = 2) -> None:
+def start_ray(temp_dir: str, num_cpus: int = CORES) -> None:
     import ray
 
     # Loopback only, no usage stats, fast Train health checks (docs/environment.md §3.1).
@@ -91,7 +94,8 @@ def start_ray(temp_dir: str, num_cpus: int = 2) -> None:
         os.environ.setdefault(key, value)
     if ray.is_initialized():
         raise RuntimeError("vgt demo starts its own Ray cluster; run it outside an initialised Ray session")
-    ray.init(num_cpus=num_cpus, include_dashboard=False, object_store_memory=512 * 1024**2,
+    # address="local": always a new cluster, never one a `ray start` left on this machine
+    ray.init(address="local", num_cpus=num_cpus, include_dashboard=False, object_store_memory=512 * 1024**2,
              log_to_driver=False, _temp_dir=temp_dir, configure_logging=False)
 
 
@@ -110,8 +114,8 @@ def write_data(opts: DemoOptions, data: str) -> dict:
 
 def train_stage(opts: DemoOptions, budget_s: float, stage: str, stage_key: str, out: str, data: str,
                 ae: str | None = None) -> dict:
-    """Size the steps to the budget (unless --steps), then train the stage on Ray Train with a
-    wall-time cap (`train.time_limit_s`) of the stage's budget, so a slower machine still fits."""
+    """Train the stage on Ray Train: its fixed steps (`opts.ae_steps` / `opts.ar_steps`) without a
+    clock, or the steps its budget buys with a wall-time cap (`train.time_limit_s`) of that budget."""
     from pipelines.train.config import ray_train_config
     from pipelines.train.launch import train
     from vgt.presets import get_preset
@@ -121,13 +125,17 @@ def train_stage(opts: DemoOptions, budget_s: float, stage: str, stage_key: str, 
     # the preset's batch is the calibrated one: split it over the workers (at equal samples, more
     # optimiser steps learn more in a short run than bigger batches)
     plan = {"preset_steps": cap, "batch_per_worker": max(1, batch // opts.workers)}
+    fixed = {"ae": opts.ae_steps, "ar": opts.ar_steps}[stage]
     train_s = max(budget_s - TRAIN_FIXED_S, 0.0)
-    plan["steps"] = opts.steps or max(10, min(cap, int(train_s * STEPS_PER_SECOND[stage_key])))
-    plan["time_limit_s"] = round(max(10.0, train_s), 1)
+    plan["steps"] = fixed or max(10, min(cap, int(train_s * STEPS_PER_SECOND[stage_key])))
+    plan["time_limit_s"] = None if fixed else round(max(10.0, train_s), 1)
+    cap_override = [] if fixed else [f"train.time_limit_s={plan['time_limit_s']}"]
     cfg = get_preset(opts.preset, [*opts.overrides, f"train.{stage_key}.batch_size={plan['batch_per_worker']}",
-                                   f"train.time_limit_s={plan['time_limit_s']}"])
-    # half a CPU per worker leaves room for the Train controller and Ray Data on 2 cores
-    ray_cfg = ray_train_config({"num_workers": opts.workers, "cpus_per_worker": 0.5})
+                                   *cap_override])
+    # half a CPU per worker leaves room for the Train controller and Ray Data on 2 cores; the
+    # workers' threads together use both cores
+    ray_cfg = ray_train_config({"num_workers": opts.workers, "cpus_per_worker": 0.5,
+                                "threads_per_worker": max(1, CORES // opts.workers)})
     with training_progress(f"train-{stage}", vio.join(out, "metrics.jsonl"), plan["steps"]):
         train(stage, stage_key, cfg, [data], out, ray_cfg, steps=plan["steps"], ae=ae,
               default_strategy_gpu="fsdp2" if stage == "ar" else "ddp")
@@ -202,10 +210,8 @@ def run_demo(opts: DemoOptions) -> dict:
         metrics["train_ar"] = stages.run("train-ar", train_stage, opts, stages.available("train-ar"), "ar",
                                          "ar_pretrain", paths["ar_run"], paths["latents"], paths["ae"])
         url = stages.run("serve", serve_model, paths["pipeline"])
-        from pipelines.eval.shapes import shapes_eval
-
-        # no sampling options: the served folder's config.sample decides, as for any client
-        metrics["shapes"] = stages.run("generate", shapes_eval, url, opts.n, opts.seed, {}, paths["shapes"])
+        metrics["shapes"], metrics["shapes_unconditional"] = stages.run("generate", _generate, opts, url,
+                                                                        paths["shapes"])
         _stop_serve()
         from pipelines.demo.report import write_report
 
@@ -216,6 +222,17 @@ def run_demo(opts: DemoOptions) -> dict:
     metrics["total_seconds"] = round(time.time() - stages.started, 1)
     vio.write_json(vio.join(out, "metrics.json"), metrics)
     return metrics
+
+
+def _generate(opts: DemoOptions, url: str, out: str) -> tuple[dict, dict]:
+    """The held-out prompts with no sampling options (the served folder's config.sample decides,
+    as for any client), then one image per prompt from the unconditional model (guidance 0: the
+    prompt ignored), the chance level the conditioned scores are read against."""
+    from pipelines.eval.shapes import shapes_eval
+
+    # 8 requests in flight fill the sampler's batch of 8 (cluster/serve.yaml)
+    conditioned = shapes_eval(url, opts.n, opts.seed, {}, out, parallel=8)
+    return conditioned, shapes_eval(url, 1, opts.seed, {"guidance_scale": 0.0}, parallel=8)
 
 
 def _prep_both(opts: DemoOptions, paths: dict, cfg) -> None:
