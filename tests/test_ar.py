@@ -368,3 +368,18 @@ def test_repa_features_from_an_attached_teacher_match_given_ones():
 def test_repa_weight_without_projector_is_a_config_error():
     with pytest.raises(ValueError, match="repa_dim"):
         build_model("tiny", ["ar.repa_weight=0.5"])
+
+
+@pytest.mark.timeout(30)
+def test_flow_head_time_scale_multiplies_t_before_its_features():
+    torch.manual_seed(0)
+    reference = FlowHead(32, 16, width=24, depth=2)
+    scaled = FlowHead(32, 16, width=24, depth=2, time_scale=1000.0)
+    scaled.load_state_dict(reference.state_dict())
+    t = torch.tensor([0.001, 0.25, 0.9])
+    assert torch.equal(scaled.time_embed(t), reference.time_embed(t * 1000))
+    # why the switch exists: with raw t in [0, 1], 164 of the 256 features move by less than 0.01
+    moved = (timestep_features(torch.tensor([1.0])) - timestep_features(torch.tensor([0.0]))).abs()
+    assert int((moved < 0.01).sum()) == 164
+    assert int(((timestep_features(torch.tensor([1000.0])) - timestep_features(torch.tensor([0.0]))).abs()
+                < 0.01).sum()) < 16

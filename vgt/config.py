@@ -84,6 +84,9 @@ class FlowHeadConfig:
     """Training time shift k: t <- 1 - k t / (1 + (k-1) t) on the logit-normal t; None = plain logit-normal."""
     repa_dim: int = 0
     """Teacher feature width for the REPA projector (read after block depth // 2); 0 = no projector."""
+    time_scale: float = 1.0
+    """t is multiplied by this before its sinusoidal features: 1 = the reference (raw t in [0, 1], so
+    most of the 256 features barely change with t); 1000 = DiT's convention."""
 
 
 @dataclass

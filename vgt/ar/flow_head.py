@@ -15,7 +15,7 @@ FREQ_DIM = 256  # sinusoidal time features before the time MLP
 
 
 def timestep_features(t: torch.Tensor, dim: int = FREQ_DIM, max_period: float = 10000.0) -> torch.Tensor:
-    """Sinusoidal features of raw t in [0, 1] (not t*1000): first dim/2 cosines, then dim/2 sines."""
+    """Sinusoidal features of t (the reference: raw t in [0, 1], not t*1000): dim/2 cosines, then dim/2 sines."""
     half = dim // 2
     freqs = torch.exp(-math.log(max_period) * torch.arange(half, dtype=torch.float32, device=t.device) / half)
     args = t.float()[:, None] * freqs[None]
@@ -23,12 +23,13 @@ def timestep_features(t: torch.Tensor, dim: int = FREQ_DIM, max_period: float = 
 
 
 class TimeEmbed(nn.Module):
-    def __init__(self, width: int):
+    def __init__(self, width: int, time_scale: float = 1.0):
         super().__init__()
+        self.time_scale = time_scale
         self.mlp = nn.Sequential(nn.Linear(FREQ_DIM, width), nn.SiLU(), nn.Linear(width, width))
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
-        return self.mlp(timestep_features(t).to(self.mlp[0].weight.dtype))
+        return self.mlp(timestep_features(t * self.time_scale).to(self.mlp[0].weight.dtype))
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -67,12 +68,13 @@ REPA_HIDDEN = 2048  # the reference's fixed REPA projector width
 class FlowHead(nn.Module):
     """Velocity predictor. `repa_dim > 0` adds the REPA projector read after block depth // 2."""
 
-    def __init__(self, latent_dim: int, cond_dim: int, width: int = 1536, depth: int = 12, repa_dim: int = 0):
+    def __init__(self, latent_dim: int, cond_dim: int, width: int = 1536, depth: int = 12, repa_dim: int = 0,
+                 time_scale: float = 1.0):
         super().__init__()
         if depth < 1 or width < 1:
             raise ValueError(f"flow head needs depth >= 1 and width >= 1, got depth={depth}, width={width}")
         self.latent_dim = latent_dim
-        self.time_embed = TimeEmbed(width)
+        self.time_embed = TimeEmbed(width, time_scale)
         self.cond_embed = nn.Linear(cond_dim, width)
         self.input_proj = nn.Linear(latent_dim, width)
         self.res_blocks = nn.ModuleList(ResBlock(width) for _ in range(depth))

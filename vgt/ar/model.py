@@ -80,7 +80,8 @@ class VGTModel(nn.Module):
             nn.init.normal_(lin.weight, std=0.02)
             nn.init.zeros_(lin.bias)
         self.queries = PositionQueries(dim, config.max_grid)
-        self.head = FlowHead(latent_dim, dim, config.head.width, config.head.depth, config.head.repa_dim)
+        self.head = FlowHead(latent_dim, dim, config.head.width, config.head.depth, config.head.repa_dim,
+                             config.head.time_scale)
         self.ae = None  # see attach_autoencoder
         self.repa_teacher = None  # see attach_repa_teacher
         self.fingerprint: str | None = None
