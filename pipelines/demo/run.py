@@ -30,8 +30,8 @@ from vgt import io as vio
 # reconstruction ceiling in its preset's steps, the generator keeps improving as long as it trains
 # (README "Why the demo learns slowly"); the rest are mostly fixed costs (Ray start, Ray Train
 # worker start, Serve deploy, scoring 8 images per held-out prompt).
-BUDGET_SHARES = {"data": 0.03, "prep": 0.04, "train-ae": 0.22, "prep-latents": 0.04, "train-ar": 0.50,
-                 "serve": 0.04, "generate": 0.08, "report": 0.05}
+BUDGET_SHARES = {"data": 0.03, "prep": 0.04, "train-ae": 0.22, "prep-latents": 0.04, "train-ar": 0.47,
+                 "serve": 0.04, "generate": 0.11, "report": 0.05}
 CORES = 2  # the demo's local Ray cluster
 TRAIN_FIXED_S = 25.0  # Ray Train start-up + export per training stage, not available for steps
 PROGRESS_EVERY_S = 30.0  # a training progress line this often (worker logs are not forwarded)
