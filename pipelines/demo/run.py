@@ -125,13 +125,16 @@ def train_stage(opts: DemoOptions, budget_s: float, stage: str, stage_key: str, 
     # the preset's batch is the calibrated one: split it over the workers (at equal samples, more
     # optimiser steps learn more in a short run than bigger batches)
     plan = {"preset_steps": cap, "batch_per_worker": max(1, batch // opts.workers)}
+    overrides = [*opts.overrides, f"train.{stage_key}.batch_size={plan['batch_per_worker']}"]
     fixed = {"ae": opts.ae_steps, "ar": opts.ar_steps}[stage]
-    train_s = max(budget_s - TRAIN_FIXED_S, 0.0)
-    plan["steps"] = fixed or max(10, min(cap, int(train_s * STEPS_PER_SECOND[stage_key])))
-    plan["time_limit_s"] = None if fixed else round(max(10.0, train_s), 1)
-    cap_override = [] if fixed else [f"train.time_limit_s={plan['time_limit_s']}"]
-    cfg = get_preset(opts.preset, [*opts.overrides, f"train.{stage_key}.batch_size={plan['batch_per_worker']}",
-                                   *cap_override])
+    if fixed:
+        plan.update(steps=fixed, time_limit_s=None)
+    else:
+        train_s = max(budget_s - TRAIN_FIXED_S, 0.0)
+        plan.update(steps=max(10, min(cap, int(train_s * STEPS_PER_SECOND[stage_key]))),
+                    time_limit_s=round(max(10.0, train_s), 1))
+        overrides.append(f"train.time_limit_s={plan['time_limit_s']}")
+    cfg = get_preset(opts.preset, overrides)
     # half a CPU per worker leaves room for the Train controller and Ray Data on 2 cores; the
     # workers' threads together use both cores
     ray_cfg = ray_train_config({"num_workers": opts.workers, "cpus_per_worker": 0.5,
