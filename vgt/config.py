@@ -252,6 +252,32 @@ class PerceptualConfig:
 
 
 @dataclass
+class LoRAConfig:
+    """Low-rank adapters (peft LoRA) on the AR stage's LLM; rank null or 0 = full tuning. Only the LLM is
+    wrapped: its weights freeze and the adapters train, while the flow head, queries and projections stay
+    fully trained."""
+
+    rank: int | None = None
+    """Adapter rank r (peft `r`); null or 0 trains every weight (full tuning)."""
+    alpha: float | None = None
+    """LoRA scaling numerator (peft `lora_alpha`; the update is alpha / rank * B A); null = 2 x rank."""
+    dropout: float = 0.0
+    """Dropout on the adapters' inputs (peft `lora_dropout`)."""
+    target_modules: list[str] = field(default_factory=lambda: [
+        "q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
+    """LLM submodule names that get adapters: by default every attention and MLP projection of the
+    Qwen2 / Qwen2.5 decoder layers (InternVL3's and Qwen2.5-VL's LLMs)."""
+    export: str = "merged"
+    """What the stage exports: "merged" (the adapters folded into the LLM: a normal pipeline folder) |
+    "adapter" (peft's adapter folder for the LLM + the trained head, queries and projections, loading on
+    top of the --init pipeline it names by fingerprint)."""
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.rank)
+
+
+@dataclass
 class ARStageConfig:
     """One generator training stage (`vgt train-ar --stage pretrain|sft`)."""
 
@@ -277,6 +303,8 @@ class ARStageConfig:
     """Decay of the weights' EMA per step after `ema_start`."""
     ema_start: int = 10_000
     """The EMA is a plain copy of the weights up to this step, a decaying average after it."""
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
+    """Parameter-efficient tuning of the LLM (rank null: full tuning)."""
 
 
 @dataclass

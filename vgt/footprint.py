@@ -237,7 +237,8 @@ def ar_activation_bytes(shape: ARActivationShape, compute_dtype: torch.dtype = t
 
 
 def ar_state_bytes(trainable: int, frozen: int, layer_params: int, layers: int, strategy: str, world: int = 1,
-                   compute_dtype: torch.dtype = torch.bfloat16) -> dict[str, int]:
+                   compute_dtype: torch.dtype = torch.bfloat16, base: int = 0,
+                   layer_trainable: int | None = None) -> dict[str, int]:
     """Per-GPU bytes of the AR stage's parameters, gradients, optimiser state and EMA under `strategy`.
 
     ddp / none: fp32 weights, gradients, AdamW moments and EMA shadows (4 + 4 + 8 + 4 bytes per trainable
@@ -245,19 +246,23 @@ def ar_state_bytes(trainable: int, frozen: int, layer_params: int, layers: int, 
     for backward (2, when computing in 16 bits). fsdp2: those fp32 parts sharded over `world`, plus unsharded
     compute copies: the root unit's parameters and gradients (everything outside the LLM layers, whole from
     forward to the end of backward) and two layers in flight (parameters and gradients). `frozen` (the AE) is
-    fp32 and whole on every GPU.
+    fp32 and whole on every GPU. `base`: frozen parameters inside the AR model (the LLM's own weights under
+    LoRA): fp32 weights (sharded under fsdp2) and compute copies, but no gradients, optimiser state or EMA;
+    `layer_trainable`: the trainable part of `layer_params` (default: all of it).
     """
     c = compute_dtype.itemsize
+    layer_trainable = layer_params if layer_trainable is None else layer_trainable
     if strategy == "fsdp2":
-        shard = -(-trainable // world)
+        shard, base_shard = -(-trainable // world), -(-base // world)
         unsharded = c if c < FP32 else FP32  # FSDP2 gathers parameters in its param dtype
-        root = trainable - layers * layer_params
-        parts = {"weights": FP32 * shard, "grads": FP32 * shard, "optimizer": 2 * FP32 * shard, "ema": FP32 * shard,
-                 "unsharded": unsharded * (2 * root + 4 * layer_params)}
+        root, root_trainable = trainable + base - layers * layer_params, trainable - layers * layer_trainable
+        parts = {"weights": FP32 * (shard + base_shard), "grads": FP32 * shard, "optimizer": 2 * FP32 * shard,
+                 "ema": FP32 * shard,
+                 "unsharded": unsharded * (root + root_trainable + 2 * layer_params + 2 * layer_trainable)}
     else:
-        parts = {"weights": FP32 * trainable, "grads": FP32 * trainable * (2 if strategy == "ddp" else 1),
+        parts = {"weights": FP32 * (trainable + base), "grads": FP32 * trainable * (2 if strategy == "ddp" else 1),
                  "optimizer": 2 * FP32 * trainable, "ema": FP32 * trainable,
-                 "unsharded": c * trainable if c < FP32 else 0}
+                 "unsharded": c * (trainable + base) if c < FP32 else 0}
     parts["frozen"] = FP32 * frozen
     return {**parts, "total": sum(parts.values())}
 
@@ -307,14 +312,15 @@ class MemoryPlan:
 
 def plan_ar_memory(shape: ARActivationShape, trainable: int, frozen: int, layer_params: int, *, strategy: str,
                    world: int, compute_dtype: torch.dtype, attention: str, device_type: str, device_bytes: int,
-                   setting: bool | None = None) -> MemoryPlan:
+                   setting: bool | None = None, base: int = 0, layer_trainable: int | None = None) -> MemoryPlan:
     """State (`ar_state_bytes`) + activations (`ar_activation_bytes`) of the AR stage on one GPU, with and
     without activation checkpointing, against `device_bytes`; `setting` is train.activation_checkpointing."""
     mixed = compute_dtype.itemsize < FP32
     param_dtype = compute_dtype if strategy == "fsdp2" and mixed else torch.float32
     acts = {ckpt: ar_activation_bytes(shape, compute_dtype, param_dtype, attention, device_type, ckpt)
             for ckpt in (False, True)}
-    state = ar_state_bytes(trainable, frozen, layer_params, shape.layers, strategy, world, compute_dtype)
+    state = ar_state_bytes(trainable, frozen, layer_params, shape.layers, strategy, world, compute_dtype, base,
+                           layer_trainable)
     where = f"{device_type}, {strategy} x {world}, {str(compute_dtype).removeprefix('torch.')} compute, {attention}"
     return MemoryPlan(shape, state, acts[False], acts[True], device_bytes, setting, where)
 

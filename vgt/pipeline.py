@@ -49,11 +49,15 @@ class VGTPipeline:
 
     @classmethod
     def from_pretrained(cls, path: str) -> "VGTPipeline":
-        """Load a pipeline folder; every component's format version and fingerprint are checked."""
+        """Load a pipeline folder, or an adapter folder onto the base pipeline it names (`vgt.adapter`);
+        every component's format version and fingerprint are checked."""
+        from vgt.adapter import is_adapter, load_adapter_pipeline
         from vgt.ae import VGTAutoencoder
         from vgt.ar.model import VGTModel
 
         index = read_index(path)
+        if is_adapter(index):
+            return load_adapter_pipeline(path)
         tokenizer = load_tokenizer_folder(vio.join(path, index["components"]["tokenizer"]))
         model = VGTModel.from_pretrained(vio.join(path, index["components"]["ar"]), tokenizer=tokenizer)
         ae = VGTAutoencoder.from_pretrained(vio.join(path, index["components"]["ae"]))

@@ -24,6 +24,8 @@ from vgt.train.optim import adamw, param_groups, scheduler
 from vgt.train.ema import EMA
 from vgt import io as vio
 from vgt.ae.model import VGTAutoencoder
+from vgt.adapter import save_adapter
+from vgt.ar import lora
 from vgt.ar.model import KIND, VGTModel
 from vgt.ar.sampling import image_generator, sample_latents
 from vgt.artifacts import ArtifactError, check_same_backbone, load_component
@@ -49,6 +51,8 @@ class ARStage:
         self.ae = VGTAutoencoder.from_pretrained(spec.ae).to(env.device).eval().requires_grad_(False)
         cfg.ae = from_dict(AEConfig, self.ae.portable_config())  # the exported pipeline's AE
         self.model = self._model(spec, cfg)
+        self.init = spec.init
+        self.lora = self._lora(spec)
         self.model.attach_autoencoder(self.ae)
         # attention for where and in what dtype forwards compute (bf16 autocast / FSDP2 params on GPU)
         attention = self.model.use_attention(env.device, env.compute_dtype)
@@ -69,15 +73,34 @@ class ARStage:
         self.rows_per_step = s.batch_size * s.grad_accum
         self.tokens_per_sample = 2 * self.grid[0] * self.grid[1]  # + prompt tokens, counted per step
 
+    def _lora(self, spec: LoopSpec):
+        """The peft LoraConfig when the stage tunes the LLM by LoRA (injected into the model here), else None.
+        An adapter export names its base pipeline: the --init folder, whose AE must be the stage's --ae."""
+        if not self.s.lora.enabled:
+            return None
+        if self.s.lora.export == "adapter":
+            if spec.init is None:
+                raise ValueError(f"train.{spec.stage_key}.lora.export=adapter needs --init PIPELINE_DIR: the base "
+                                 "pipeline the adapter loads onto")
+            base_ae = read_index(spec.init)["fingerprints"]["ae"]
+            if base_ae != self.ae.fingerprint:
+                raise ValueError(f"train.{spec.stage_key}.lora.export=adapter: --ae {spec.ae!r} (fingerprint "
+                                 f"{self.ae.fingerprint}) is not the AE of the --init pipeline ({base_ae}), which "
+                                 "the adapter decodes with")
+        config = lora.peft_config(self.s.lora)
+        lora.inject(self.model, config)
+        return config
+
     def _memory_plan(self, attention: str) -> MemoryPlan:
         """Per-GPU memory of this stage, and whether to checkpoint activations (train.activation_checkpointing,
         null: when the estimate without it does not fit the device)."""
         env, model = self.env, self.model
         shape = ar_activation_shape(model, self.s.batch_size, self.grid[0] * self.grid[1])
+        layer = model.llm.model.layers[0]
         return plan_ar_memory(
-            shape, trainable=sum(p.numel() for p in model.parameters() if p.requires_grad),
-            frozen=sum(p.numel() for p in self.ae.parameters()),
-            layer_params=sum(p.numel() for p in model.llm.model.layers[0].parameters()), strategy=env.strategy,
+            shape, trainable=_count(model, trainable=True), frozen=sum(p.numel() for p in self.ae.parameters()),
+            layer_params=_count(layer), base=_count(model, trainable=False),
+            layer_trainable=_count(layer, trainable=True), strategy=env.strategy,
             world=env.world, compute_dtype=env.compute_dtype, attention=attention, device_type=env.device.type,
             device_bytes=device_memory_bytes(env.device), setting=self.cfg.train.activation_checkpointing)
 
@@ -173,10 +196,22 @@ class ARStage:
         return image_grid([self.ae.decode(latents.to(self.env.device))])
 
     def export(self, folder: str, weights: dict) -> None:
-        """A pipeline folder (VGTPipeline.from_pretrained): EMA (or live) AR weights + the AE + tokenizer."""
+        """A pipeline folder (VGTPipeline.from_pretrained): EMA (or live) AR weights + the AE + tokenizer; under
+        LoRA the adapters merged into the LLM, or (lora.export=adapter) an adapter folder on the --init pipeline."""
+        state = weights["model"]
+        if self.lora is not None and self.s.lora.export == "adapter":
+            save_adapter(folder, self.cfg, self.lora, state, base=self.init)
+            return
+        if self.lora is not None:
+            state = lora.merge_state_dict(state, self.lora)
         model = VGTModel(self.cfg.ar, latent_dim=self.ae.config.latent_channels, tokenizer=self.model.tokenizer)
-        model.load_state_dict(weights["model"])
+        model.load_state_dict(state)
         VGTPipeline(self.cfg, model.eval(), self.ae, self.model.tokenizer).save_pretrained(folder)
+
+
+def _count(module: torch.nn.Module, trainable: bool | None = None) -> int:
+    """Parameters of `module`: all, or those that train (`trainable`) / stay frozen."""
+    return sum(p.numel() for p in module.parameters() if trainable is None or p.requires_grad == trainable)
 
 
 def _to(x: torch.Tensor | None, device: torch.device) -> torch.Tensor | None:
