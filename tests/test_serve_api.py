@@ -39,36 +39,100 @@ def test_defaults_come_from_the_model_and_a_seed_is_drawn():
         (2, 7, 1.0, 3, 4)
 
 
-@pytest.mark.parametrize("body, status, param, words", [
-    (b"{not json", 400, None, "not valid JSON"),
-    (b"[1, 2]", 400, None, "JSON object"),
-    (b'{"prompt": "x", "guidance_scale": NaN}', 400, None, "not valid JSON"),
-    ({"n": 1}, 422, "prompt", "missing required parameter"),
-    ({"prompt": 5}, 422, "prompt", "invalid type"),
-    ({"prompt": "x", "n": "2"}, 422, "n", "invalid type"),
-    ({"prompt": "x", "n": True}, 422, "n", "invalid type"),
-    ({"prompt": "x", "quality": "hd"}, 400, "quality", "unrecognized request argument"),
-    ({"prompt": "   "}, 400, "prompt", "must not be empty"),
-    ({"prompt": "y" * 2001}, 400, "prompt", "limit is 2000"),
-    ({"prompt": "x", "n": 5}, 400, "n", "between 1 and 4"),
-    ({"prompt": "x", "n": 0}, 400, "n", "between 1 and 4"),
-    ({"prompt": "x", "size": "1024x1024"}, 400, "size", "not supported"),
-    ({"prompt": "x", "size": "big"}, 400, "size", "not supported"),
-    ({"prompt": "x", "response_format": "url"}, 400, "response_format", "use 'b64_json'"),
-    ({"prompt": "x", "output_format": "gif"}, 400, "output_format", "png"),
-    ({"prompt": "x", "model": "dall-e-3"}, 404, "model", "does not exist"),
-    ({"prompt": "x", "num_steps": 1}, 400, "num_steps", "between 2 and 100"),  # the SDE sampler's minimum
-    ({"prompt": "x", "num_steps": 10**30}, 400, "num_steps", "between 2 and 100"),
-    ({"prompt": "x", "guidance_scale": -0.5}, 400, "guidance_scale", "between 0.0 and 20.0"),
-    ({"prompt": "x", "guidance_scale": 1e300}, 400, "guidance_scale", "between 0.0 and 20.0"),
-    ({"prompt": "x", "parallel_tokens": 17}, 400, "parallel_tokens", "between 1 and 16"),
-    ({"prompt": "x", "seed": -1}, 400, "seed", "between 0 and"),
+@pytest.mark.parametrize("body, status, param, code, words", [
+    (b"{not json", 400, None, "invalid_json", "not valid JSON"),
+    (b"[1, 2]", 400, None, "invalid_type", "JSON object"),
+    (b'{"prompt": "x", "guidance_scale": NaN}', 400, None, "invalid_json", "not valid JSON"),
+    ({"n": 1}, 400, "prompt", "missing_required_parameter", "missing required parameter: prompt"),
+    ({"prompt": 5}, 400, "prompt", "invalid_type", "invalid type for prompt"),
+    ({"prompt": "x", "n": "2"}, 400, "n", "invalid_type", "invalid type for n"),
+    ({"prompt": "x", "n": True}, 400, "n", "invalid_type", "invalid type for n"),
+    ({"prompt": "x", "nn": 2}, 400, "nn", "unknown_parameter", "unrecognized request argument supplied: nn"),
+    ({"prompt": "x", "quality": "ultra"}, 400, "quality", "invalid_value", "invalid value for quality"),
+    ({"prompt": "x", "background": "transparent"}, 400, "background", "invalid_value", "'opaque' or 'auto'"),
+    ({"prompt": "x", "output_format": "gif"}, 400, "output_format", "invalid_value", "'png', 'jpeg' or 'webp'"),
+    ({"prompt": "x", "frame_count": 4}, 400, "frame_count", "unsupported_value", "GIF output"),
+    ({"prompt": "x", "svg": {"model": "m"}}, 400, "svg", "unsupported_value", "SVG output"),
+    ({"prompt": "x", "output_compression": 101}, 400, "output_compression", "invalid_value", "less than or equal"),
+    ({"prompt": "x", "partial_images": 4}, 400, "partial_images", "invalid_value", "less than or equal to 3"),
+    ({"prompt": ""}, 400, "prompt", "invalid_value", "at least 1 character"),
+    ({"prompt": "   "}, 400, "prompt", "invalid_value", "must not be empty"),
+    ({"prompt": "y" * 2001}, 400, "prompt", "invalid_value", "limit is 2000"),
+    ({"prompt": "x", "n": 11}, 400, "n", "invalid_value", "less than or equal to 10"),
+    ({"prompt": "x", "n": 0}, 400, "n", "invalid_value", "greater than or equal to 1"),
+    ({"prompt": "x", "size": "1024x1024"}, 400, "size", "invalid_value", "not supported"),
+    ({"prompt": "x", "size": "big"}, 400, "size", "invalid_value", "invalid value for size"),
+    ({"prompt": "x", "response_format": "url"}, 400, "response_format", "invalid_value", "'b64_json'"),
+    ({"prompt": "x", "model": "dall-e-3"}, 404, "model", "model_not_found", "does not exist"),
+    ({"prompt": "x", "num_steps": 1}, 400, "num_steps", "invalid_value", "between 2 and 100"),  # the SDE minimum
+    ({"prompt": "x", "num_steps": 10**30}, 400, "num_steps", "invalid_value", "between 2 and 100"),
+    ({"prompt": "x", "guidance_scale": -0.5}, 400, "guidance_scale", "invalid_value", "between 0.0 and 20.0"),
+    ({"prompt": "x", "guidance_scale": 1e300}, 400, "guidance_scale", "invalid_value", "between 0.0 and 20.0"),
+    (b'{"prompt": "x", "guidance_scale": 1e999}', 400, "guidance_scale", "invalid_value", "finite number"),
+    ({"prompt": "x", "parallel_tokens": 17}, 400, "parallel_tokens", "invalid_value", "between 1 and 16"),
+    ({"prompt": "x", "seed": -1}, 400, "seed", "invalid_value", "greater than or equal to 0"),
 ])
-def test_bad_input_gets_its_status_and_a_clear_message(body, status, param, words):
+def test_bad_input_gets_its_status_and_a_clear_message(body, status, param, code, words):
     err = refused(body)
-    assert (err.status, err.param) == (status, param)
+    assert (err.status, err.param, err.code) == (status, param, code)
     assert words in err.message
-    assert err.body()["error"]["message"] == err.message and err.body()["error"]["param"] == param
+    assert err.body() == {"error": {"message": err.message, "type": "invalid_request_error", "param": param,
+                                    "code": code}}
+
+
+def sdk_params() -> set[str]:
+    """Every field the installed openai SDK may send to images.generate."""
+    from openai.types import image_generate_params as p
+
+    return set(p.ImageGenerateParamsNonStreaming.__annotations__) | set(p.ImageGenerateParamsStreaming.__annotations__)
+
+
+def test_every_sdk_parameter_is_honoured_ignored_or_refused():
+    """A field a new SDK adds fails here until it is put in one of the three sets."""
+    from pipelines.serve.api import EXTENSIONS, HONOURED, IGNORED, REFUSED
+
+    sets = [HONOURED, IGNORED, set(REFUSED)]
+    assert sum(len(s) for s in sets) == len(set().union(*sets))  # disjoint
+    assert set().union(*sets) == sdk_params()
+    assert set(ImageRequest.model_fields) == sdk_params() | EXTENSIONS
+    # Honoured: each changes the job (or, for stream/partial_images, the transport: test_serve_openai.py).
+    base = job_of({"prompt": "x", "seed": 1})
+    assert (job_of({"prompt": "x", "n": 10}).n, job_of({"prompt": "x", "size": "auto"}).width) == (10, 112)
+    assert job_of({"prompt": "x", "output_format": "webp", "output_compression": 40}).output_compression == 40
+    assert job_of({"prompt": "x", "model": "tiny", "response_format": "b64_json", "background": "opaque",
+                   "stream": False, "partial_images": 0, "seed": 1}) == base
+    # Ignored: the same job, and named for the response header.
+    ignored = {"style": "vivid", "moderation": "low", "user": "u1", "safety_identifier": "h", "complexity": "high"}
+    assert set(ignored) == IGNORED
+    req = parse_body(json.dumps({"prompt": "x", "seed": 1, **ignored}).encode())
+    assert to_job(req, Limits(), INFO) == base and req.ignored() == sorted(IGNORED)
+    # Refused: any value but null.
+    for name in REFUSED:
+        assert refused({"prompt": "x", name: 1 if name != "svg" else {}}).param == name
+        assert job_of({"prompt": "x", "seed": 1, name: None}) == base
+
+
+@pytest.mark.parametrize("quality, steps", [("low", 15), ("medium", 30), ("auto", 30), ("standard", 30),
+                                            ("high", 60), ("hd", 60), ("xhigh", 90), ("max", 100)])
+def test_quality_maps_to_flow_steps(quality, steps):
+    job = job_of({"prompt": "x", "quality": quality})
+    assert job.num_steps == steps and job.quality == {"standard": "medium", "hd": "high"}.get(quality, quality)
+    assert job_of({"prompt": "x", "quality": "low", "num_steps": 7}).num_steps == 7  # explicit steps win
+    assert job_of({"prompt": "x", "quality": "low"}, Limits(max_num_steps=2)).num_steps == 2
+
+
+def test_openapi_limits_fill_the_deployment_limits_in():
+    from pydantic.json_schema import models_json_schema
+
+    from pipelines.serve.api import openapi_limits
+
+    _, defs = models_json_schema([(ImageRequest, "validation")], ref_template="#/components/schemas/{model}")
+    schema = openapi_limits({"components": {"schemas": defs["$defs"]}},
+                            Limits(max_n=3, max_prompt_chars=50, sizes=["112x112"]))
+    props = schema["components"]["schemas"]["ImageRequest"]["properties"]
+    assert props["prompt"]["maxLength"] == 50 and props["n"]["anyOf"][0]["maximum"] == 3
+    assert props["size"]["anyOf"][0]["enum"] == ["112x112", "auto"]
+    assert props["quality"]["anyOf"][0]["enum"][:3] == ["low", "medium", "high"]
 
 
 def test_limits_are_configurable_and_checked():
@@ -93,6 +157,8 @@ def test_jobs_group_by_sampling_settings_and_results_split_back():
 
 def test_schema_is_strict_about_types():
     assert ImageRequest.model_validate({"prompt": "x", "guidance_scale": 3}).guidance_scale == 3.0
+    with pytest.raises(ValueError, match="max_n must be between 1 and 10"):
+        Limits.from_dict({"max_n": 11})
 
 
 def test_config_overrides_touch_only_what_they_name():

@@ -3,10 +3,25 @@
 Pure Python (no Ray, no torch), so every validation rule is unit-tested without a cluster.
 Sampling settings a request leaves out come from the served folder's `config.sample`.
 
-Status codes (never a 500 for a client mistake):
-* 400 `invalid_request_error`: malformed JSON, a body that is not an object, an unknown
-  parameter, or a value outside the limits (empty/over-long prompt, n, size, numbers out of range);
-* 422 `invalid_request_error`: valid JSON whose fields have the wrong type or a missing `prompt`;
+Every field of the `openai` SDK's `ImageGenerateParams` is in exactly one of three sets below
+(tests/test_serve_api.py checks them against the installed SDK, so a new SDK field is noticed):
+HONOURED (it changes what is made), IGNORED (accepted, no meaning for this model; named in the
+`x-vgt-ignored-params` response header) or REFUSED (accepted by the schema, but any value other
+than null gets a 400: silently ignoring it would deliver something else than asked). Values this
+service cannot deliver get a 400 too: `background="transparent"`, `output_format` gif/svg,
+`response_format="url"`.
+
+`quality` picks the flow-head steps per token as a multiple of the folder's
+`config.sample.num_steps` (QUALITY_STEPS: low 0.5x, medium/auto/standard 1x, high/hd 2x, xhigh 3x,
+max 4x), rounded and clipped to [the sampler's minimum, limits.max_num_steps]; an explicit
+`num_steps` wins over `quality`.
+
+Status codes (never a 500 for a client mistake), all with OpenAI's error object
+`{"error": {"message", "type", "param", "code"}}`:
+* 400 `invalid_request_error`: malformed JSON, a body that is not an object, a missing prompt, a
+  wrong type, an unknown parameter, a value outside the limits or one this service cannot deliver
+  (`code`: invalid_json, missing_required_parameter, invalid_type, unknown_parameter, invalid_value,
+  unsupported_value);
 * 404 `model_not_found`: `model` names another model;
 * 401 `invalid_api_key`, 503 `overloaded` (with Retry-After) come from the ingress.
 """
@@ -18,21 +33,32 @@ import math
 import re
 import secrets
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from vgt.config import SampleConfig
 
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
 MAX_SEED = 2**63 - 1
+MAX_N = 10  # OpenAI's own limit; limits.max_n may lower it
 SIZE_RE = re.compile(r"^([1-9][0-9]{0,4})x([1-9][0-9]{0,4})$")
+QUALITY_STEPS = {"low": 0.5, "medium": 1.0, "auto": 1.0, "standard": 1.0, "high": 2.0, "hd": 2.0,
+                 "xhigh": 3.0, "max": 4.0}
+# What the response reports as `quality` (the SDK's event types know no "standard"/"hd").
+QUALITY_NAMES = {"standard": "medium", "hd": "high"}
+HONOURED = frozenset({"prompt", "n", "size", "model", "response_format", "output_format", "output_compression",
+                      "quality", "background", "stream", "partial_images"})
+IGNORED = frozenset({"style", "moderation", "user", "safety_identifier", "complexity"})
+REFUSED = {"frame_count": "GIF output", "frame_duration_ms": "GIF output", "svg": "SVG output"}
+# VGT's own parameters (the openai client sends them through `extra_body`).
+EXTENSIONS = frozenset({"seed", "guidance_scale", "num_steps", "parallel_tokens"})
 
 
 class ApiError(Exception):
     """A request the service refuses; rendered as OpenAI's error JSON with `status`."""
 
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = "invalid_value",
                  kind: str = "invalid_request_error", headers: dict[str, str] | None = None):
         super().__init__(message)
         self.status, self.message, self.param, self.code = status, message, param, code
@@ -49,23 +75,66 @@ class Cancelled(Exception):
 class ImageRequest(BaseModel):
     """`POST /v1/images/generations` body: OpenAI's fields plus VGT sampling extensions.
 
-    Strict types (no "2" for 2, no true for 1); unknown fields are refused, as OpenAI does.
+    Strict types (no "2" for 2, no true for 1), finite numbers; unknown fields are refused, as OpenAI
+    does. null means "the default" for every optional field, as in the SDK. The limits here are
+    OpenAI's; the deployment's own (`Limits`) are checked in `to_job` and shown in /openapi.json.
     """
 
-    model_config = ConfigDict(extra="forbid", strict=True)
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
 
-    prompt: str
-    n: int = 1
-    size: str | None = None  # "WxH"; None = the model's native size
-    response_format: str = "b64_json"
-    model: str | None = None
-    user: str | None = None  # accepted for OpenAI compatibility, only logged
-    # Extensions (the openai client sends them through `extra_body`).
-    seed: int | None = None  # None: the ingress draws one and returns it
-    guidance_scale: float | None = None
-    num_steps: int | None = None
-    parallel_tokens: int | None = None
-    output_format: str = "png"
+    prompt: str = Field(min_length=1, max_length=32000, description="What to draw.")
+    n: Optional[int] = Field(None, ge=1, le=MAX_N, description="Images to generate (default 1).")
+    size: Optional[str] = Field(None, pattern=r"^(auto|[1-9][0-9]{0,4}x[1-9][0-9]{0,4})$",
+                                description="'WxH' or 'auto' (the model's native size).")
+    quality: Optional[Literal["low", "medium", "high", "xhigh", "max", "auto", "standard", "hd"]] = Field(
+        None, description="Flow-head steps per token: low 0.5x, medium/auto/standard 1x, high/hd 2x, xhigh 3x, "
+                          "max 4x the model's default; an explicit num_steps wins.")
+    output_format: Optional[Literal["png", "jpeg", "webp"]] = None
+    output_compression: Optional[int] = Field(None, ge=0, le=100,
+                                              description="JPEG/WebP quality (default 95); ignored for PNG.")
+    background: Optional[Literal["opaque", "auto"]] = Field(
+        None, description="Images are always opaque; 'transparent' is refused.")
+    response_format: Optional[Literal["b64_json"]] = None
+    model: Optional[str] = None
+    stream: Optional[bool] = Field(None, description="Server-sent events image_generation.partial_image / "
+                                                     "image_generation.completed.")
+    partial_images: Optional[int] = Field(None, ge=0, le=3, description="Intermediate images when streaming.")
+    # Accepted and ignored (named in the x-vgt-ignored-params response header).
+    style: Optional[Literal["vivid", "natural"]] = None
+    moderation: Optional[Literal["low", "auto"]] = None
+    user: Optional[str] = None
+    safety_identifier: Optional[str] = None
+    complexity: Optional[Literal["low", "medium", "high"]] = None
+    # Refused unless null: they describe GIF/SVG output, which this service does not produce.
+    frame_count: Optional[int] = None
+    frame_duration_ms: Optional[int] = None
+    svg: Optional[dict[str, Any]] = None
+    # Extensions.
+    seed: Optional[int] = Field(None, ge=0, le=MAX_SEED, description="None: drawn and returned.")
+    guidance_scale: Optional[float] = None
+    num_steps: Optional[int] = Field(None, ge=1)
+    parallel_tokens: Optional[int] = Field(None, ge=1)
+
+    def ignored(self) -> list[str]:
+        """The IGNORED parameters this request set (for the response header)."""
+        return sorted(name for name in IGNORED if getattr(self, name) is not None)
+
+
+class ImageData(BaseModel):
+    b64_json: str
+
+
+class ImagesResponse(BaseModel):
+    """The answer to a request without `stream` (OpenAI's ImagesResponse plus the seed used)."""
+
+    created: int
+    data: list[ImageData]
+    background: Literal["opaque"]
+    output_format: Literal["png", "jpeg", "webp"]
+    quality: Literal["low", "medium", "high", "xhigh", "max", "auto"]
+    size: str
+    usage: dict[str, Any]
+    seed: int
 
 
 @dataclass
@@ -73,7 +142,7 @@ class Limits:
     """What one request may ask for (app arg `limits` in cluster/serve.yaml)."""
 
     max_prompt_chars: int = 2000
-    max_n: int = 4  # images per request
+    max_n: int = MAX_N  # images per request (at most OpenAI's 10)
     sizes: list[str] | None = None  # allowed "WxH"; None = only the model's native size
     max_num_steps: int = 100  # flow-head integration steps per token
     min_guidance_scale: float = 0.0  # 0 = the unconditional model alone (the prompt ignored), 1 = no guidance
@@ -85,7 +154,10 @@ class Limits:
         unknown = set(data or {}) - names
         if unknown:
             raise ValueError(f"unknown limits {sorted(unknown)}; known: {sorted(names)}")
-        return cls(**(data or {}))
+        limits = cls(**(data or {}))
+        if not 1 <= limits.max_n <= MAX_N:
+            raise ValueError(f"limits.max_n must be between 1 and {MAX_N}, got {limits.max_n}")
+        return limits
 
 
 @dataclass
@@ -131,6 +203,8 @@ class SampleJob:
     parallel_tokens: int
     grid: tuple[int, int] = (0, 0)  # latent tokens (rows, columns) = (height, width) / stride
     output_format: str = "png"
+    output_compression: int | None = None  # JPEG/WebP quality; None = encode_image's default
+    quality: str = "auto"  # as reported back (QUALITY_NAMES applied)
     request_id: str = ""
     cancelled: bool = False  # set inside the replica when the caller goes away
 
@@ -146,59 +220,95 @@ def parse_size(size: str) -> tuple[int, int]:
 
 
 def parse_body(raw: bytes) -> ImageRequest:
-    """Raw HTTP body -> ImageRequest; ApiError 400 (malformed/unknown field) or 422 (types)."""
+    """Raw HTTP body -> ImageRequest; ApiError 400 with OpenAI's error object otherwise (the ingress
+    gets the same errors from FastAPI's validation through `validation_error`)."""
     try:
         data = json.loads(raw, parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError) as e:
-        raise ApiError(400, f"request body is not valid JSON: {e}") from None
+        raise ApiError(400, f"request body is not valid JSON: {e}", code="invalid_json") from None
     if not isinstance(data, dict):
-        raise ApiError(400, f"request body must be a JSON object, got {type(data).__name__}")
+        raise ApiError(400, f"request body must be a JSON object, got {type(data).__name__}", code="invalid_type")
     try:
         return ImageRequest.model_validate(data)
     except ValidationError as e:
-        raise _schema_error(e) from None
+        raise validation_error(e.errors()) from None
 
 
 def to_job(req: ImageRequest, limits: Limits, info: ModelInfo, request_id: str = "") -> SampleJob:
     """Check values against the limits and the model; fill the sampling settings not given from the
-    model's config.sample (`SampleConfig.resolve`); draw a seed when none is given."""
+    model's config.sample (`SampleConfig.resolve`, `quality`); draw a seed when none is given."""
     prompt = req.prompt.strip()
     if not prompt:
         raise ApiError(400, "prompt must not be empty", "prompt")
     if len(req.prompt) > limits.max_prompt_chars:
         raise ApiError(400, f"prompt is {len(req.prompt)} characters; the limit is {limits.max_prompt_chars}",
                        "prompt")
-    _in_range("n", req.n, 1, limits.max_n)
+    n = 1 if req.n is None else req.n
+    _in_range("n", n, 1, limits.max_n)
     if req.model is not None and req.model != info.id:
         raise ApiError(404, f"the model {req.model!r} does not exist; this server serves {info.id!r}",
                        "model", "model_not_found")
-    if req.response_format != "b64_json":
-        raise ApiError(400, f"response_format {req.response_format!r} is not supported; use 'b64_json'",
-                       "response_format")
-    if req.output_format not in OUTPUT_FORMATS:
-        raise ApiError(400, f"output_format must be one of {list(OUTPUT_FORMATS)}, got {req.output_format!r}",
-                       "output_format")
+    for name, output in REFUSED.items():
+        if getattr(req, name) is not None:
+            raise ApiError(400, f"{name} applies to {output}, which this service does not produce", name,
+                           "unsupported_value")
     allowed = info.allowed_sizes(limits)
-    size = req.size or allowed[0]
+    size = allowed[0] if req.size in (None, "auto") else req.size
     if size not in allowed:
-        raise ApiError(400, f"size {size!r} is not supported; supported sizes: {allowed}", "size")
+        raise ApiError(400, f"size {size!r} is not supported; supported sizes: {allowed + ['auto']}", "size")
     width, height = parse_size(size)
     grid = (height // info.stride, width // info.stride)
     tokens = grid[0] * grid[1]
     if req.parallel_tokens is not None:  # explicit values are checked; the default is capped
         _in_range("parallel_tokens", req.parallel_tokens, 1, tokens)
-    settings = info.sample.resolve(num_tokens=tokens, guidance_scale=req.guidance_scale, num_steps=req.num_steps,
+    quality = req.quality or "auto"
+    num_steps = req.num_steps
+    if num_steps is None and quality in QUALITY_STEPS:
+        scaled = round(info.sample.num_steps * QUALITY_STEPS[quality])
+        num_steps = min(max(scaled, info.min_num_steps), max(limits.max_num_steps, info.min_num_steps))
+    settings = info.sample.resolve(num_tokens=tokens, guidance_scale=req.guidance_scale, num_steps=num_steps,
                                    parallel_tokens=req.parallel_tokens)
     job = SampleJob(
-        prompt=prompt, n=req.n, width=width, height=height, grid=grid, output_format=req.output_format,
+        prompt=prompt, n=n, width=width, height=height, grid=grid, output_format=req.output_format or "png",
+        output_compression=req.output_compression, quality=QUALITY_NAMES.get(quality, quality),
         seed=secrets.randbelow(2**31) if req.seed is None else req.seed,
         guidance_scale=settings.guidance_scale, num_steps=settings.num_steps,
         parallel_tokens=settings.parallel_tokens, request_id=request_id)
-    _in_range("seed", job.seed, 0, MAX_SEED)
     _in_range("guidance_scale", job.guidance_scale, limits.min_guidance_scale, limits.max_guidance_scale)
     _in_range("num_steps", job.num_steps, info.min_num_steps, limits.max_num_steps)
     _in_range("parallel_tokens", job.parallel_tokens, 1, tokens)
     return job
+
+
+def usage(job: SampleJob) -> dict:
+    """OpenAI's `usage` object. Prompt characters stand in for text tokens (the tokenizer lives in the
+    sampler replica); output tokens are the latent tokens made."""
+    text, image = len(job.prompt), job.n * job.grid[0] * job.grid[1]
+    return {"input_tokens": text, "input_tokens_details": {"text_tokens": text, "image_tokens": 0},
+            "output_tokens": image, "total_tokens": text + image}
+
+
+def openapi_limits(schema: dict, limits: Limits) -> dict:
+    """/openapi.json's ImageRequest with this deployment's limits (tighter than OpenAI's) filled in,
+    without FastAPI's 422 responses."""
+    props = schema["components"]["schemas"]["ImageRequest"]["properties"]
+
+    def narrow(name: str, **bounds) -> None:
+        prop = props[name]
+        for option in prop.get("anyOf", [prop]):  # Optional[x] is anyOf [x, null]
+            if option.get("type") not in (None, "null"):
+                option.update(bounds)
+
+    for route in schema.get("paths", {}).values():  # FastAPI's 422 never happens: validation answers 400
+        for operation in route.values():
+            operation.get("responses", {}).pop("422", None)
+    narrow("prompt", maxLength=limits.max_prompt_chars)
+    narrow("n", maximum=limits.max_n)
+    narrow("num_steps", maximum=limits.max_num_steps)
+    narrow("guidance_scale", minimum=limits.min_guidance_scale, maximum=limits.max_guidance_scale)
+    if limits.sizes:
+        narrow("size", enum=[*limits.sizes, "auto"])
+    return schema
 
 
 def _in_range(name: str, value: float, low: float, high: float) -> None:
@@ -210,11 +320,27 @@ def _reject_constant(name: str):
     raise ValueError(f"{name} is not a JSON number")
 
 
-def _schema_error(err: ValidationError) -> ApiError:
-    first = err.errors()[0]
-    param = ".".join(str(p) for p in first["loc"]) or None
-    if first["type"] == "extra_forbidden":
-        return ApiError(400, f"unrecognized request argument supplied: {param}", param)
-    if first["type"] == "missing":
-        return ApiError(422, f"missing required parameter: {param}", param)
-    return ApiError(422, f"invalid type for {param}: {first['msg'].lower()} (got {first['input']!r})", param)
+def validation_error(errors: list[dict]) -> ApiError:
+    """pydantic's (or FastAPI's) first validation error -> OpenAI's 400 with the parameter named."""
+    first = errors[0]
+    loc = [str(p) for p in first["loc"] if p != "body"]  # FastAPI prefixes body fields with "body"
+    param = ".".join(loc) or None
+    kind = first["type"]
+    if kind == "json_invalid":
+        return ApiError(400, f"request body is not valid JSON: {first.get('ctx', {}).get('error', first['msg'])}",
+                        code="invalid_json")
+    if param is None:
+        return ApiError(400, "request body must be a JSON object with a prompt", code="invalid_type")
+    if kind == "extra_forbidden":
+        return ApiError(400, f"unrecognized request argument supplied: {param}", param, "unknown_parameter")
+    if kind == "missing":
+        return ApiError(400, f"missing required parameter: {param}", param, "missing_required_parameter")
+    if kind.endswith("_type") or kind.endswith("_parsing"):
+        return ApiError(400, f"invalid type for {param}: {first['msg'].lower()} (got {_shown(first)})", param,
+                        "invalid_type")
+    return ApiError(400, f"invalid value for {param}: {first['msg'].lower()} (got {_shown(first)})", param)
+
+
+def _shown(error: dict) -> str:
+    text = repr(error.get("input"))
+    return text if len(text) <= 80 else text[:77] + "..."

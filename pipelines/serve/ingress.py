@@ -17,21 +17,60 @@ import logging
 import os
 import time
 
-from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from functools import lru_cache
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
 from ray import serve
 
-from .api import ApiError, Limits, ModelInfo, parse_body, to_job
+from .api import (ApiError, ImageRequest, ImagesResponse, Limits, ModelInfo, openapi_limits, to_job, usage,
+                  validation_error)
 from .metrics import metrics
 
 log = logging.getLogger("ray.serve")
 HEALTH_TIMEOUT_S = 2.0  # /healthz answers 503 "loading" when a model deployment takes longer
 app = FastAPI(title="vgt image generation", version="1")
+_ERROR = {"description": "OpenAI's error object", "content": {"application/json": {"schema": {
+    "type": "object", "required": ["error"], "properties": {"error": {
+        "type": "object", "required": ["message", "type", "param", "code"],
+        "properties": {"message": {"type": "string"}, "type": {"type": "string"},
+                       "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}}}}}
+RESPONSES = {200: {"model": ImagesResponse}, **{status: _ERROR for status in (400, 401, 404, 500, 503)}}
+
+
+@lru_cache(maxsize=1)
+def _key_digest() -> bytes | None:
+    """SHA-256 of VGT_API_KEY (this replica's environment), None when auth is off."""
+    key = os.environ.get("VGT_API_KEY") or None
+    return hashlib.sha256(key.encode()).digest() if key else None
+
+
+def authorize(request: Request) -> None:
+    """Bearer token check when VGT_API_KEY is set; digests make the compare constant-time."""
+    if _key_digest() is None:
+        return
+    scheme, _, token = request.headers.get("authorization", "").partition(" ")
+    given = hashlib.sha256(token.strip().encode()).digest()
+    if scheme.lower() != "bearer" or not hmac.compare_digest(given, _key_digest()):
+        raise ApiError(401, "incorrect or missing API key: send 'Authorization: Bearer <VGT_API_KEY>'",
+                       code="invalid_api_key", kind="invalid_request_error", headers={"WWW-Authenticate": "Bearer"})
 
 
 @app.exception_handler(ApiError)
 async def _api_error(request: Request, err: ApiError) -> JSONResponse:
     return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+
+
+@app.exception_handler(RequestValidationError)
+async def _invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
+    """FastAPI's 422 as OpenAI's 400; a caller without the key learns only that (401), as OpenAI."""
+    try:
+        authorize(request)
+        raise validation_error(err.errors())
+    except ApiError as api_err:
+        metrics()["requests"].inc(tags={"status": str(api_err.status)})
+        return await _api_error(request, api_err)
 
 
 @serve.deployment(name="Ingress")
@@ -41,23 +80,28 @@ class Ingress:
         self.sampler, self.decoder = sampler, decoder
         self.model_name, self.limits = model_name, Limits.from_dict(limits)
         self.retry_after_s = retry_after_s
-        key = os.environ.get("VGT_API_KEY") or None
-        self._key_digest = hashlib.sha256(key.encode()).digest() if key else None
         self._info: ModelInfo | None = None
         self._metrics = metrics()
-        log.info("ingress: model %r, auth %s", model_name, "on" if key else "off")
+        limits_now = self.limits
 
-    @app.post("/v1/images/generations")
-    async def generate(self, request: Request) -> JSONResponse:
+        def openapi() -> dict:  # the request schema with this deployment's limits
+            if app.openapi_schema is None:
+                app.openapi_schema = openapi_limits(FastAPI.openapi(app), limits_now)
+            return app.openapi_schema
+
+        app.openapi_schema, app.openapi = None, openapi
+        log.info("ingress: model %r, auth %s", model_name, "on" if _key_digest() else "off")
+
+    @app.post("/v1/images/generations", responses=RESPONSES)
+    async def generate(self, body: ImageRequest, request: Request, _auth: None = Depends(authorize)) -> Response:
         start, rid = time.perf_counter(), request.headers.get("x-request-id", "")
         status, job, retries = 500, None, []
         try:
-            self._authorize(request)
-            body = parse_body(await request.body())
             job = to_job(body, self.limits, await self._model_info(), rid)
             sampled = await self._call("sampler", retries, self.sampler.sample, job)
             images = await self._call("decoder", retries, self.decoder.decode,
-                                      {"latents": sampled["latents"], "output_format": job.output_format})
+                                      {"latents": sampled["latents"], "output_format": job.output_format,
+                                       "output_compression": job.output_compression})
             status = 200
         except ApiError as err:
             status = err.status
@@ -71,15 +115,18 @@ class Ingress:
                            code="internal_error", kind="server_error") from None
         finally:
             self._record(rid, status, start, job)
+        headers = {"x-vgt-seed": str(job.seed), "x-vgt-sampler-batch": str(sampled["batch_images"]),
+                   "x-vgt-retries": str(len(retries))}
+        if body.ignored():
+            headers["x-vgt-ignored-params"] = ",".join(body.ignored())
         return JSONResponse(
             {"created": int(time.time()), "data": [{"b64_json": base64.b64encode(b).decode()} for b in images],
-             "output_format": job.output_format, "size": f"{job.width}x{job.height}", "seed": job.seed},
-            headers={"x-vgt-seed": str(job.seed), "x-vgt-sampler-batch": str(sampled["batch_images"]),
-                     "x-vgt-retries": str(len(retries))})
+             "background": "opaque", "output_format": job.output_format, "quality": job.quality,
+             "size": f"{job.width}x{job.height}", "usage": usage(job), "seed": job.seed},
+            headers=headers)
 
     @app.get("/v1/models")
-    async def models(self, request: Request) -> dict:
-        self._authorize(request)
+    async def models(self, _auth: None = Depends(authorize)) -> dict:
         return {"object": "list", "data": [{"id": self.model_name, "object": "model", "created": 0,
                                             "owned_by": "vgt"}]}
 
@@ -96,16 +143,6 @@ class Ingress:
                              "fingerprints": {**info.fingerprints, "ae": decoder}})
 
     # -- helpers ---------------------------------------------------------------------------------
-    def _authorize(self, request: Request) -> None:
-        """Bearer token check when VGT_API_KEY is set; digests make the compare constant-time."""
-        if self._key_digest is None:
-            return
-        scheme, _, token = request.headers.get("authorization", "").partition(" ")
-        given = hashlib.sha256(token.strip().encode()).digest()
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given, self._key_digest):
-            raise ApiError(401, "incorrect or missing API key: send 'Authorization: Bearer <VGT_API_KEY>'",
-                           code="invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
-
     async def _model_info(self) -> ModelInfo:
         if self._info is None:
             info = await self._call("sampler", [], self.sampler.info)
@@ -142,3 +179,4 @@ class Ingress:
         self._metrics["stage_seconds"].observe(seconds, tags={"stage": "request"})
         detail = f"n={job.n} size={job.width}x{job.height} seed={job.seed} steps={job.num_steps}" if job else ""
         log.info("request %s -> %d in %.3fs %s", rid, status, seconds, detail)
+

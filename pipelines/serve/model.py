@@ -120,11 +120,13 @@ class DecoderModel:
         return to_uint8(pixels)
 
 
-def encode_image(image: np.ndarray, fmt: str) -> bytes:
-    """uint8 [H, W, 3] -> PNG / JPEG / WebP bytes (deterministic for equal pixels)."""
+def encode_image(image: np.ndarray, fmt: str, quality: int | None = None) -> bytes:
+    """uint8 [H, W, 3] -> PNG / JPEG / WebP bytes (deterministic for equal pixels); `quality` (0-100,
+    the request's output_compression; default 95) applies to JPEG and WebP only."""
     from PIL import Image
 
     buf = io.BytesIO()
-    options = {"png": {}, "jpeg": {"quality": 95}, "webp": {"quality": 95}}[fmt]
+    lossy = {"quality": 95 if quality is None else quality}
+    options = {"png": {}, "jpeg": lossy, "webp": lossy}[fmt]
     Image.fromarray(image).save(buf, format=fmt.upper(), **options)
     return buf.getvalue()

@@ -143,8 +143,8 @@ class AEDecoder(BatchingReplica):
         return self.model.fingerprint
 
     async def decode(self, job: dict) -> list[bytes]:
-        """{"latents": [n, C, h, w], "output_format": "png"} -> n encoded images."""
-        return await self._submit(DecodeJob(job["latents"], job["output_format"]))
+        """{"latents": [n, C, h, w], "output_format": "png", "output_compression": None} -> n encoded images."""
+        return await self._submit(DecodeJob(job["latents"], job["output_format"], job.get("output_compression")))
 
     @serve.batch(**DEFAULT_BATCH)
     async def _batched(self, jobs: list["DecodeJob"]) -> list[list[bytes]]:
@@ -160,15 +160,16 @@ class AEDecoder(BatchingReplica):
         for group in _groups(jobs, lambda j: j.latents.shape[1:]):
             pixels = self.model.decode(np.concatenate([j.latents for j in group]))
             for job, imgs in zip(group, split(pixels, [len(j.latents) for j in group])):
-                out[id(job)] = [encode_image(img, job.output_format) for img in imgs]
+                out[id(job)] = [encode_image(img, job.output_format, job.output_compression) for img in imgs]
         return [out[id(job)] for job in jobs]
 
 
 class DecodeJob:
     """One request's latents and wanted image format, as queued in a decoder replica."""
 
-    def __init__(self, latents, output_format: str):
-        self.latents, self.output_format, self.cancelled = latents, output_format, False
+    def __init__(self, latents, output_format: str, output_compression: int | None = None):
+        self.latents, self.output_format, self.output_compression = latents, output_format, output_compression
+        self.cancelled = False
 
 
 def group_jobs(jobs: list[SampleJob]) -> list[list[SampleJob]]:
