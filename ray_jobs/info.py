@@ -4,6 +4,9 @@ Counts come from building every component on the meta device (no weights, no hub
 GPU (`ae_train_gib`, `ar_train_gib`) assumes plain data parallelism (every GPU holds a full copy):
 bf16 weights for all parameters, bf16 gradients + fp32 master weights + fp32 AdamW moments for
 trainable ones; activations excluded. FSDP divides the trainable part by the number of GPUs.
+Beside full tuning (`ar_params` trainable), the AR stage under LoRA (train.ar_pretrain.lora, at rank
+`lora_rank`: the preset's, else 16): `ar_lora_trainable` parameters (the LLM's adapters + the flow head,
+queries and projections) and `ar_lora_train_gib` per GPU, the LLM's own weights frozen (bf16 copies only).
 
 AR activations (`ar_act_gib`, `ar_act_ckpt_gib`): what one micro-batch of the AR pretraining stage
 saves for backward on a GPU, without and with activation checkpointing of the LLM layers, at
@@ -32,7 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def preset_rows(names: list[str], overrides: list[str] = ()) -> list[dict]:
-    from vgt.footprint import count_parameters, estimate_train_memory, meta_models
+    from vgt.footprint import LORA_RANK_SHOWN, count_parameters, estimate_train_memory, meta_models
     from vgt.presets import get_preset
 
     rows = []
@@ -47,6 +50,9 @@ def preset_rows(names: list[str], overrides: list[str] = ()) -> list[dict]:
                      "ar_head_params": counts["ar.head"], "ar_params": counts["ar"],
                      "ae_train_gib": round(memory["ae"]["total_gib"], 2),
                      "ar_train_gib": round(memory["ar"]["total_gib"], 2),
+                     "lora_rank": cfg.train.ar_pretrain.lora.rank or LORA_RANK_SHOWN,
+                     "ar_lora_trainable": memory["ar_lora"]["trainable_params"],
+                     "ar_lora_train_gib": round(memory["ar_lora"]["total_gib"], 2),
                      **ar_activations(cfg, models, kernels["attn_gpu"].split()[-1]), **kernels})
     return rows
 

@@ -131,11 +131,12 @@ def test_zero_b_is_the_base_model_and_only_adapters_head_queries_projections_tra
     assert optimised == expected == {n for n, p in named.items() if p.requires_grad}
     assert any(n.startswith("head.") for n in expected) and any(n.startswith("queries.") for n in expected)
     assert {"in_proj.weight", "out_proj.weight"} <= expected
-    # rank 4 on every q/k/v/o/gate/up/down projection: r (in + out) per target
-    targets = [m for n, m in stage.model.llm.model.named_modules() if n.rsplit(".", 1)[-1] in
-               ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")]
+    # what `vgt info` counts on the meta device is what peft adds
+    from vgt.footprint import lora_parameters, meta_models
+
+    _, meta = meta_models(get_preset("tiny"))
     assert sum(p.numel() for n, p in named.items() if ".lora_" in n) == \
-        sum(4 * (m.in_features + m.out_features) for m in targets)
+        lora_parameters(meta, get_preset("tiny").train.ar_pretrain.lora.target_modules, 4)
     start = {n: p.detach().clone() for n, p in named.items()}
     from vgt.data import PreparedDataset
 
@@ -146,6 +147,22 @@ def test_zero_b_is_the_base_model_and_only_adapters_head_queries_projections_tra
     # every trained tensor moves except A (its first gradient is 0 with B = 0) and what no loss reaches
     assert moved <= expected and any(".lora_B." in n for n in moved) and any(n.startswith("head.") for n in moved)
     assert not any(n.startswith("llm.") and ".lora_" not in n for n in moved)
+
+
+def test_info_shows_lora_beside_full_tuning(capsys):
+    import json
+
+    from ray_jobs.cli import main
+
+    assert main(["info", "--preset", "internvl3-1b", "--json"]) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    # Qwen2.5-0.5B: 24 layers, hidden 896, k/v 2 x 64, MLP 4864; rank 16 on q, k, v, o, gate, up, down
+    per_layer = 16 * ((896 + 896) * 2 + (896 + 128) * 2 + (896 + 4864) * 3)
+    assert row["lora_rank"] == 16
+    assert row["ar_lora_trainable"] == row["ar_params"] - row["ar_llm_params"] + 24 * per_layer == 167_613_216
+    frozen = row["ae_params"] + row["ar_llm_params"]  # bf16 copies only
+    assert row["ar_lora_train_gib"] == round((16 * row["ar_lora_trainable"] + 2 * frozen) / 2**30, 2) == 4.3
+    assert row["ar_train_gib"] == 10.6  # full tuning, beside it
 
 
 @pytest.mark.timeout(240)

@@ -100,14 +100,29 @@ def count_parameters(cfg, models: tuple[nn.Module, nn.Module] | None = None) -> 
     (`models`: the `meta_models(cfg)` already built).
 
     Keys: ae.encoder (vision tower + projector), ae.bottleneck, ae.decoder, ar.llm, ar.head,
-    ar.adapters (latent in/out projections and position queries), and totals ae / ar.
+    ar.adapters (latent in/out projections and position queries), totals ae / ar, and ar.lora: the LoRA
+    parameters of train.ar_pretrain.lora (at rank `LORA_RANK_SHOWN` when the preset tunes in full).
     """
     ae, ar = models or meta_models(cfg)
     counts = {"ae.encoder": _numel(ae.encoder), "ae.decoder": _numel(ae.decoder), "ae": _numel(ae),
               "ar.llm": _numel(ar.llm), "ar.head": _numel(ar.head), "ar": _numel(ar)}
     counts["ae.bottleneck"] = counts["ae"] - counts["ae.encoder"] - counts["ae.decoder"]
     counts["ar.adapters"] = counts["ar"] - counts["ar.llm"] - counts["ar.head"]
+    lora = cfg.train.ar_pretrain.lora
+    counts["ar.lora"] = lora_parameters(ar, lora.target_modules, lora.rank or LORA_RANK_SHOWN)
     return counts
+
+
+LORA_RANK_SHOWN = 16
+"""The LoRA rank `vgt info` shows beside full tuning when a preset does not set train.ar_pretrain.lora.rank."""
+
+
+def lora_parameters(model: nn.Module, target_modules: Iterable[str], rank: int) -> int:
+    """Parameters peft's LoRA adds to a VGTModel's LLM (real or on the meta device): r (in + out) for every
+    Linear whose name ends in one of `target_modules` (A: in -> r, B: r -> out, no bias)."""
+    targets = set(target_modules)
+    return sum(rank * (m.in_features + m.out_features) for name, m in model.llm.model.named_modules()
+               if isinstance(m, nn.Linear) and name.rsplit(".", 1)[-1] in targets)
 
 
 def _stage_memory(trainable: int, frozen: int) -> dict:
@@ -123,11 +138,13 @@ def estimate_train_memory(cfg, counts: dict[str, int] | None = None) -> dict[str
 
     AE: everything trainable (encoder at a lower LR, bottleneck, decoder) plus a frozen teacher
     copy of the encoder. AR: LLM, head and adapters trainable; the whole AE frozen (it encodes
-    pixels when latents are not precomputed).
+    pixels when latents are not precomputed). ar_lora: the AR stage under LoRA (`count_parameters`'
+    ar.lora): the LLM frozen too, its adapters, the head, queries and projections trainable.
     """
     c = counts or count_parameters(cfg)
     return {"ae": _stage_memory(trainable=c["ae"], frozen=c["ae.encoder"]),
-            "ar": _stage_memory(trainable=c["ar"], frozen=c["ae"])}
+            "ar": _stage_memory(trainable=c["ar"], frozen=c["ae"]),
+            "ar_lora": _stage_memory(trainable=c["ar"] - c["ar.llm"] + c["ar.lora"], frozen=c["ae"] + c["ar.llm"])}
 
 
 # ---------------------------------------------------------------- AR activations and the memory plan
