@@ -44,6 +44,9 @@ def test_ae_then_ar_report_every_mark_and_save_loadable_folders(tmp_path, capsys
     check_marks(ar_recs, "ar", train.ar_pretrain.batch_size)
     assert "psnr" not in ar_recs[0]
     assert all(0 <= r[f"in_dist_{t}"] <= 1 for r in ar_recs for t in calibrate.IN_DIST_TASKS)
+    # the word-reliance probe (vgt.eval.shapes.reliance): a loss ratio per attribute at every mark
+    assert all(math.isfinite(r[f"reliance_{a}"]) and r[f"reliance_{a}"] > 0
+               for r in ar_recs for a in calibrate.RELIANCE_COLUMNS)
     VGTPipeline.from_pretrained(str(tmp_path / "ar" / "export"))
     assert (tmp_path / "ar" / "samples.png").is_file()
 

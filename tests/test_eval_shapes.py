@@ -125,3 +125,53 @@ def test_webdataset_shards_are_deterministic_and_hold_out_combinations(tmp_path)
     held = write_shard(str(tmp_path / "a"), 0, 10, seed=5, split="heldout")
     assert all(heldout(PromptSpec.from_dict(json.loads(s["json"]))) for s in wds.WebDataset(held, shardshuffle=False))
     assert shard_sizes(1050, 500) == [500, 500, 50]
+
+
+def test_attribute_swaps_change_exactly_one_word():
+    from vgt.eval.shapes.reliance import ATTRIBUTES, swap_attribute
+
+    rng = np.random.default_rng(0)
+    spec = single("red", "circle", 2, "left")
+    for attribute in ATTRIBUTES:
+        for _ in range(10):
+            words, swapped = caption(spec).split(), caption(swap_attribute(spec, attribute, rng)).split()
+            changed = [i for i, (a, b) in enumerate(zip(words, swapped)) if a != b]
+            assert len(words) == len(swapped)
+            # a count swap may change the noun's number too ("two red circles" -> "a red circle"), a
+            # position swap its preposition ("on the left" -> "at the top")
+            allowed = {"count": ([0], [0, 2]), "colour": ([1],), "shape": ([2],), "position": ([5], [3, 5])}
+            assert changed in allowed[attribute], (words, swapped)
+    with pytest.raises(ValueError, match="single-kind"):
+        swap_attribute(PromptSpec((ObjectSpec("red", "circle"), ObjectSpec("blue", "square"))), "colour", rng)
+
+
+@pytest.mark.timeout(60)
+def test_word_reliance_is_one_for_a_model_blind_to_words():
+    """A model whose token embeddings are all zero sees the same input for every caption of the same
+    length: each swap costs exactly nothing. The random model it came from does react to words (once
+    its zero-initialised (adaLN-zero) layers are randomised: at initialisation the head ignores its
+    condition)."""
+    import torch
+
+    from vgt.eval.shapes.reliance import ATTRIBUTES, word_reliance
+    from vgt.pipeline import VGTPipeline
+    from vgt.presets import get_preset
+
+    torch.manual_seed(0)
+    model = VGTPipeline.from_config(get_preset("tiny")).model
+    specs = [single(c, s, n, p) for c, s, n, p in [("red", "circle", 2, "left"), ("blue", "square", 1, "top"),
+                                                   ("green", "triangle", 3, "bottom"), ("yellow", "circle", 1, "right")]]
+    captions = [caption(s) for s in specs] + ["a red circle and a blue square"]
+    latents = torch.randn(len(captions), model.latent_dim, 4, 4)
+    with torch.no_grad():
+        for p in model.parameters():
+            if not p.any():
+                p.normal_(0, 0.2)
+    model.train()
+    seeing = word_reliance(model, latents, captions)
+    assert seeing["rows"] == 4 and model.config.cfg_dropout == 0.1 and model.training  # restored
+    assert all(seeing[a] != 1.0 for a in ATTRIBUTES), seeing
+    with torch.no_grad():
+        model.llm.model.embed_tokens.weight.zero_()
+    blind = word_reliance(model, latents, captions)
+    assert all(blind[a] == 1.0 for a in ATTRIBUTES), blind

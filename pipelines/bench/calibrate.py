@@ -54,8 +54,11 @@ from vgt.errors import VGTError
 
 TASKS = ("colour", "count", "shape", "position", "two_object", "single_all", "overall")
 IN_DIST_TASKS = ("colour", "count", "shape", "overall")  # reported for the AR stage beside the held-out scores
+RELIANCE_COLUMNS = ("colour", "count", "shape", "position", "empty")  # vgt.eval.shapes.reliance, AR stage
+RELIANCE_ROWS = 128  # training rows the word-reliance probe reads (its single-kind ones are used)
 HEADERS = {"cpu_min": "CPU-min", "step": "steps", "images_seen": "images", "psnr": "PSNR",
-           "two_object": "two-object", "single_all": "single all", **{f"in_dist_{t}": f"in-dist {t}" for t in IN_DIST_TASKS}}
+           "two_object": "two-object", "single_all": "single all", **{f"in_dist_{t}": f"in-dist {t}" for t in IN_DIST_TASKS},
+           **{f"reliance_{a}": f"{a} reliance" for a in RELIANCE_COLUMNS}}
 TWO_OBJECT_FRACTION = 0.4
 HELDOUT_SEED = 7
 IN_DIST_SEED = 11
@@ -248,6 +251,7 @@ def reconstruction_scores(ae, specs: list, pixels: torch.Tensor) -> dict:
 def run_ar(args: argparse.Namespace, marks: list[float]) -> list[dict]:
     from pipelines.prep.add_latents import run_prep_latents
     from vgt.eval.shapes import eval_prompts
+    from vgt.eval.shapes.reliance import word_reliance
     from vgt.pipeline import VGTPipeline
     from vgt.presets import get_preset
 
@@ -256,18 +260,32 @@ def run_ar(args: argparse.Namespace, marks: list[float]) -> list[dict]:
     latents = os.path.join(args.out, "data", "latents")
     run_prep_latents(prepared, args.ae, latents, in_process=True)
     prompts, in_dist, samples = eval_prompts(), in_distribution_prompts(), []
+    probe_latents, probe_captions = training_rows(latents, args.ae, RELIANCE_ROWS)
 
     def evaluate(stage) -> dict:
         pipe = VGTPipeline(stage.cfg, stage.model, stage.ae, stage.model.tokenizer)
         with stage.trainables.emas["model"].applied():
             samples[:] = generate(pipe, prompts, args.seed)
             seen = generate(pipe, in_dist, args.seed + 1)
+            reliance = word_reliance(stage.model, probe_latents, probe_captions, seed=args.seed)
         in_dist_scores = shape_scores(in_dist, seen)
-        return {**shape_scores(prompts, samples), **{f"in_dist_{t}": in_dist_scores[t] for t in IN_DIST_TASKS}}
+        return {**shape_scores(prompts, samples), **{f"in_dist_{t}": in_dist_scores[t] for t in IN_DIST_TASKS},
+                **{f"reliance_{a}": reliance[a] for a in RELIANCE_COLUMNS}}
 
     records = train_marked("ar", "ar_pretrain", cfg, latents, args.out, marks, args.steps, evaluate, ae=args.ae)
     contact_sheet(samples, GRID_COLUMNS).save(os.path.join(args.out, "samples.png"))
     return records
+
+
+def training_rows(latents: str, ae: str, n: int) -> tuple[torch.Tensor, list[str]]:
+    """The first `n` rows of the prepared training set: latents [n, C, h, w] (float32) and captions."""
+    from vgt.artifacts import read_component_config
+    from vgt.data.reader import PreparedDataset, read_latents
+
+    dataset = PreparedDataset(latents)
+    fingerprint = read_component_config(ae, "ae")["fingerprint"]
+    table = dataset.read_part(dataset.parts[0], ["caption", "latent", "latent_shape"], fingerprint).slice(0, n)
+    return torch.from_numpy(read_latents(table).astype(np.float32)), table.column("caption").to_pylist()
 
 
 def generate(pipe, specs: list, seed: int) -> list[Image.Image]:
@@ -295,7 +313,8 @@ def contact_sheet(images: list[Image.Image], columns: int) -> Image.Image:
 def markdown_table(records: list[dict]) -> str:
     """The records as a markdown table (header, separator, one row per mark)."""
     in_dist = tuple(f"in_dist_{t}" for t in IN_DIST_TASKS)
-    columns = [c for c in ("cpu_min", "step", "images_seen", "psnr", *TASKS, *in_dist) if c in records[0]]
+    reliance = tuple(f"reliance_{a}" for a in RELIANCE_COLUMNS)
+    columns = [c for c in ("cpu_min", "step", "images_seen", "psnr", *TASKS, *in_dist, *reliance) if c in records[0]]
     lines = [[HEADERS.get(c, c) for c in columns], ["---"] * len(columns),
              *([cell(c, r[c]) for c in columns] for r in records)]
     return "\n".join("| " + " | ".join(line) + " |" for line in lines)
@@ -306,7 +325,7 @@ def cell(column: str, value) -> str:
         return "-"
     if column == "psnr":
         return f"{value:.1f}"
-    if column in TASKS or column.startswith("in_dist_"):
+    if column in TASKS or column.startswith(("in_dist_", "reliance_")):
         return f"{value:.2f}"
     return f"{value:g}"
 
