@@ -8,7 +8,7 @@ WHEELS    ?= $(shell $(PY) -m pip config get global.find-links 2>/dev/null || ec
 TORCH     ?= torch==2.13.0
 STAMP     := $(VENV)/.installed
 
-.PHONY: venv test test-fast demo bench clean
+.PHONY: venv test test-fast demo bench gpu-bundle gpu-check clean
 
 $(STAMP): pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -33,6 +33,22 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(VENV)/bin/vgt bench
+
+# Check a GPU (README "Check a GPU"). `make gpu-bundle` (here, with PyPI): wheels for GPU_PYTHON on
+# manylinux GPU_ARCH in $(GPU_BUNDLE)/ and $(GPU_BUNDLE).tar.gz. `make gpu-check` (on the GPU machine, with its
+# own torch in GPU_PY): installs from $(GPU_BUNDLE) without network when the bundle is there, else runs the
+# check from this checkout with what GPU_PY has; the report goes to OUT (default runs/gpu-check).
+GPU_PYTHON ?= 3.11 3.12 3.13
+GPU_ARCH   ?= x86_64
+GPU_BUNDLE ?= dist/vgt-gpu-bundle
+GPU_PY     ?= python3
+
+gpu-bundle: $(STAMP)
+	$(VPY) cluster/gpucheck/build_bundle.py --out $(GPU_BUNDLE) --python $(GPU_PYTHON) --arch $(GPU_ARCH) $(GPU_BUNDLE_FLAGS)
+
+gpu-check:
+	if [ -f $(GPU_BUNDLE)/run.sh ]; then sh $(GPU_BUNDLE)/run.sh --python $(GPU_PY) -- --out $(or $(OUT),runs/gpu-check); \
+	else PYTHONPATH=$(CURDIR) $(GPU_PY) -m vgt.gpucheck --out $(or $(OUT),runs/gpu-check); fi
 
 clean:
 	rm -rf $(VENV) .pytest_cache

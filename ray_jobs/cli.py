@@ -25,6 +25,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("evaluate", "evaluate: reconstruction, shapes benchmark, GenEval/DPG outputs"),
     "demo": ("demo", "run the whole pipeline locally on synthetic data"),
     "bench": ("bench", "run the benchmarks and print one table of ratios"),
+    "gpu-check": ("gpu_check", "check a GPU: training, kernels, sampling and AE speed at real sizes (no Ray)"),
 }
 
 

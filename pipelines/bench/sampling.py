@@ -5,8 +5,8 @@ head 384 x 6, 8x8 latents), 1 and 8 images, parallel_tokens 1 / 4 / 16, feed mod
 (default) and "parity" (reference), CFG 4.5. `speedup` is wall(parallel_tokens=1, same mode and
 batch) / wall. Run with OMP_NUM_THREADS=1 on shared machines.
 
-GPU latency script (not part of `vgt bench`): `python -m pipelines.bench.sampling --gpu` times the
-real `internvl3-1b` architecture with random weights in bf16 at 448 px, parallel_tokens 1 and 16.
+The real `internvl3-1b` latency on a GPU (bf16, 448 px, 1/4/16 tokens per step) is measured by
+`vgt gpu-check` (vgt.gpucheck).
 """
 from __future__ import annotations
 
@@ -65,16 +65,9 @@ def run(quick: bool) -> list[dict]:
     return rows
 
 
-def gpu_latency(parallel=(1, 16), images: int = 1, num_steps: int = 30) -> list[dict]:
-    """Real internvl3-1b shapes, random bf16 weights, 448 px (16x16 latents), CFG 4.5, on CUDA."""
-    model = build("internvl3-1b", device="cuda", dtype=torch.bfloat16)
-    return [measure(model, (16, 16), images, p, mode, num_steps, repeats=3)
-            for p in parallel for mode in ("pairs", "parity")]
-
-
 if __name__ == "__main__":
     import sys
 
     from pipelines.bench import format_table
 
-    print(format_table(gpu_latency() if "--gpu" in sys.argv else run(quick="--quick" in sys.argv)))
+    print(format_table(run(quick="--quick" in sys.argv)))
