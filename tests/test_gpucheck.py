@@ -122,18 +122,17 @@ def test_without_cuda_the_check_refuses_in_one_line(tmp_path, capsys):
     assert not (tmp_path / "out").exists()
 
 
-def test_missing_diffusers_skips_the_ae_and_says_so(tmp_path, monkeypatch):
-    import importlib.util
-
-    from vgt.gpucheck import main
-
-    find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "diffusers" else find_spec(name, *a))
-    assert main(["--allow-cpu", "--preset", "tiny", "--only", "autoencoder", "--out", str(tmp_path)]) == 0
+@pytest.mark.timeout(120)
+def test_without_diffusers_the_check_imports_and_skips_the_ae_saying_so(tmp_path):
+    code = ("import sys; sys.modules['diffusers'] = None\n"  # what `import diffusers` does where it is missing
+            "from vgt.gpucheck import main\n"
+            f"sys.exit(main(['--allow-cpu', '--preset', 'tiny', '--only', 'autoencoder', '--out', {str(tmp_path)!r}]))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=110, env=ENV, cwd=REPO)
+    assert proc.returncode == 0, proc.stderr[-3000:]
     result = json.loads((tmp_path / "gpu-check.json").read_text())
-    assert result["autoencoder"] == {"skipped": "diffusers is not installed: AE encode/decode skipped"}
-    assert result["autoencoder"]["skipped"] in result["notes"]
-    assert "diffusers is not installed" in (tmp_path / "gpu-check.md").read_text()
+    skipped = result["autoencoder"]["skipped"]
+    assert skipped.startswith("diffusers does not import") and skipped.endswith("AE encode/decode skipped")
+    assert skipped in result["notes"] and skipped in (tmp_path / "gpu-check.md").read_text()
 
 
 @pytest.fixture(scope="module")

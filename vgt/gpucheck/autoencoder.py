@@ -3,8 +3,6 @@ float16 latents copied back to the host) and decoding as Serve's decoder replica
 GPU). Needs diffusers (the DC-AE decoder); without it the section says so and is skipped."""
 from __future__ import annotations
 
-import importlib.util
-
 import torch
 
 from .context import Check
@@ -13,7 +11,12 @@ REPEATS = 3
 
 
 def diffusers_missing() -> str | None:
-    return None if importlib.util.find_spec("diffusers") else "diffusers is not installed: AE encode/decode skipped"
+    """Why the AE cannot be built here (diffusers absent, or present but not importing), else None."""
+    try:
+        import diffusers  # noqa: F401
+    except ImportError as err:
+        return f"diffusers does not import ({err}): AE encode/decode skipped"
+    return None
 
 
 def run_autoencoder(check: Check) -> dict:
