@@ -6,7 +6,6 @@ Exit status: 0 every check passed; 1 a check failed or a section raised (its err
 from __future__ import annotations
 
 import argparse
-import importlib.metadata
 import logging
 import platform
 import sys
@@ -49,19 +48,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def environment(device: torch.device) -> dict:
     from vgt.backbones import choose_attn_implementation
 
-    versions = {}
-    for name in PACKAGES:
-        try:
-            versions[name] = importlib.metadata.version(name)
-        except importlib.metadata.PackageNotFoundError:
-            versions[name] = None
+    from vgt.provenance import package_versions
+
     impl, why = choose_attn_implementation("auto", device, torch.bfloat16)
     cuda = device.type == "cuda"
     return {"device": torch.cuda.get_device_name(device) if cuda else f"CPU ({platform.processor() or 'cpu'})",
             "memory_gib": torch.cuda.get_device_properties(device).total_memory / 2**30 if cuda else None,
             "capability": list(torch.cuda.get_device_capability(device)) if cuda else None,
             "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version(),
-            "packages": versions, "attention": impl, "attention_reason": why}
+            "packages": package_versions(PACKAGES), "attention": impl, "attention_reason": why}
 
 
 def run(args: argparse.Namespace) -> int:
