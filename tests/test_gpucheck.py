@@ -135,6 +135,24 @@ def test_without_diffusers_the_check_imports_and_skips_the_ae_saying_so(tmp_path
     assert skipped in result["notes"] and skipped in (tmp_path / "gpu-check.md").read_text()
 
 
+@pytest.mark.timeout(120)
+def test_a_section_that_raises_is_reported_and_the_others_still_run(tmp_path, monkeypatch):
+    from vgt.gpucheck import main, sampling
+
+    def boom(check, tokenizer):
+        raise RuntimeError("CUDA out of memory (simulated)")
+
+    monkeypatch.setattr(sampling, "run_sampling", boom)
+    argv = ["--allow-cpu", "--preset", "tiny", "--only", "sampling", "--only", "autoencoder", "--out", str(tmp_path)]
+    assert main(argv) == 1
+    result = json.loads((tmp_path / "gpu-check.json").read_text())
+    assert not result["ok"] and result["errors"] == {"sampling": "RuntimeError: CUDA out of memory (simulated)"}
+    assert "boom" in result["sampling"]["traceback"] and result["autoencoder"]["decode"]["images_per_s"] > 0
+    table = (tmp_path / "gpu-check.md").read_text()
+    assert "FAILED" in table.splitlines()[0]
+    assert "| sampling | section raised | n/a |  | FAIL | RuntimeError: CUDA out of memory (simulated) |" in table
+
+
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundle") / "vgt-gpu-bundle"

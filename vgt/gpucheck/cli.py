@@ -6,6 +6,7 @@ Exit status: 0 every check passed; 1 a check failed or a section raised (its err
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import platform
 import sys
@@ -97,6 +98,8 @@ def run(args: argparse.Namespace) -> int:
             errors[name] = f"{type(err).__name__}: {err}"
             results[name] = {"error": errors[name], "traceback": traceback.format_exc()}
             check.row(name, "section raised", None, "", False, errors[name][:300])
+        gc.collect()  # a failed section's models (held by its traceback until now) leave the device too
+        check.reset_peak()
     seconds = time.monotonic() - started
     if seconds > BUDGET_S and device.type == "cuda":
         notes.append(f"took {seconds:.0f} s, over the {BUDGET_S} s budget")
