@@ -33,7 +33,9 @@ def tcp_port(text: str) -> int:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ray_jobs._entry import add_address, hidden_alias
 
-    parser.add_argument("--model", required=True, help="pipeline folder to serve: local path or s3://")
+    parser.add_argument("--model", required=True, action="append", metavar="[NAME=]DIR",
+                        help="repeatable: several NAME=DIR are served together (multiplexed: a request's `model` "
+                             "picks one; adapter folders load on their base); the folder to serve: local path or s3://")
     parser.add_argument("--host", default="127.0.0.1",
                         help="HTTP bind address (default 127.0.0.1; 0.0.0.0 for every interface)")
     parser.add_argument("--port", type=tcp_port, default=None,
@@ -44,6 +46,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "cluster has GPUs, else 0.25 CPU per replica), or a number")
     hidden_alias(parser, "--gpus", "--num-gpus", type=gpus_per_replica)
     parser.add_argument("--name", default=None, help="model id for /v1/models (default: the folder name)")
+    parser.add_argument("--max-models-per-replica", type=int, default=None, metavar="N",
+                        help="multiplexed: models one sampler replica holds at once, least recently used unloaded "
+                             "first (default 3)")
     add_address(parser)
     parser.add_argument("--timeout", type=float, default=600.0,
                         help="seconds to wait for the deployments to come up (default 600)")
@@ -60,12 +65,15 @@ def run(args: argparse.Namespace) -> int:
     from ray_jobs._entry import connect_ray
     from vgt.pipeline import read_index
 
+    served = served_models(args.model)  # {NAME: DIR}: multiplexed (checked here, before Ray starts), else None
+    args.model = next(iter(served.values())) if served else args.model[0]
+    app = app_args(args, served)
     read_index(args.model)  # a missing or foreign folder fails here, before Ray starts
     config = read_config(args.config or DEFAULT_CONFIG)
     joined = bool(args.address or os.environ.get("RAY_ADDRESS"))  # a cluster that is not ours alone
     connect_ray(args.address)
-    config = with_overrides(config, model=args.model, host=args.host, port=args.port,
-                            args={"model_name": args.name} if args.name else None,
+    config = with_overrides(config, model=None if served else args.model, host=args.host, port=args.port,
+                            args=app,
                             deployments=placement_overrides(args.num_gpus))
     for sig in (signal.SIGINT, signal.SIGTERM):  # also when started in the background (SIGINT ignored)
         signal.signal(sig, _interrupt)
@@ -81,6 +89,40 @@ def run(args: argparse.Namespace) -> int:
         else:
             serve.shutdown()
         print("vgt serve: stopped", flush=True)
+
+
+def served_models(items: list[str]) -> dict[str, str] | None:
+    """`--model` values -> {NAME: DIR} when any is NAME=DIR or there are several (every folder's index and
+    every adapter's base checked: `pipelines.serve.multiplex.model_table`), else None (one folder)."""
+    from vgt.errors import UsageError
+
+    if len(items) == 1 and "=" not in items[0]:
+        return None
+    served = {}
+    for item in items:
+        name, sep, folder = item.partition("=")
+        if not sep or not name or not folder:
+            raise UsageError(f"--model {item!r}: several models are given as NAME=DIR")
+        if name in served:
+            raise UsageError(f"--model {item!r}: the name {name!r} is given twice")
+        served[name] = folder
+    from pipelines.serve.multiplex import model_table
+
+    model_table(served)
+    return served
+
+
+def app_args(args: argparse.Namespace, served: dict[str, str] | None) -> dict | None:
+    """The application args `vgt serve` sets (pipelines/serve/app.py ARGS)."""
+    from vgt.errors import UsageError
+
+    if served:
+        if args.name:
+            raise UsageError("--name names the one model; with NAME=DIR models the names are given")
+        multiplexed = {} if args.max_models_per_replica is None else {
+            "max_models_per_replica": args.max_models_per_replica}
+        return {"models": served, "multiplexed": multiplexed}
+    return {"model_name": args.name} if args.name else None
 
 
 def read_config(path: str) -> dict:

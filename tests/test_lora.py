@@ -223,7 +223,7 @@ def test_resume_is_bitwise_and_merged_export_equals_base_plus_adapter(base, data
 
     with pytest.raises(ArtifactError, match="was trained on a base pipeline with AR fingerprint"):
         load_adapter_pipeline(adapter_dir, base=other)
-    assert read_adapter(adapter_dir).base_path == base
+    assert read_adapter(adapter_dir).base.path == base
 
 
 @pytest.mark.timeout(240)

@@ -39,6 +39,26 @@ PEFT_WEIGHTS = "adapter_model.safetensors"
 
 
 @dataclass
+class AdapterBase:
+    """The base pipeline an adapter folder loads onto: where it was when the adapter was written, and
+    the fingerprints of its AR and AE components, which decide."""
+
+    adapter: str  # the adapter folder
+    path: str
+    fingerprints: dict[str, str]  # {"ar", "ae"}
+
+    def check(self, where: str, fingerprints: dict[str, str]) -> None:
+        """ArtifactError unless `fingerprints` ({"ar", "ae"} of the pipeline at `where`) are the base's."""
+        wrong = [k for k in ("ar", "ae") if fingerprints.get(k) != self.fingerprints[k]]
+        if wrong:
+            raise ArtifactError(
+                f"adapter {self.adapter!r} was trained on a base pipeline with "
+                + ", ".join(f"{k.upper()} fingerprint {self.fingerprints[k]}" for k in wrong)
+                + f"; {where!r} has " + ", ".join(f"{fingerprints.get(k)}" for k in wrong)
+                + f": load it onto its own base ({self.path!r} when written)")
+
+
+@dataclass
 class Adapter:
     """An adapter folder read into memory (small next to its base)."""
 
@@ -47,18 +67,7 @@ class Adapter:
     peft_config: object  # peft LoraConfig
     lora: dict[str, torch.Tensor]  # peft adapter tensors of the LLM
     rest: dict[str, torch.Tensor]  # VGTModel tensors outside the LLM (flow head, queries, projections)
-    base_path: str
-    base_fingerprints: dict[str, str]  # {"ar", "ae"} of the base pipeline
-
-    def check_base(self, where: str, fingerprints: dict[str, str]) -> None:
-        """ArtifactError unless `fingerprints` ({"ar", "ae"} of a loaded pipeline at `where`) are the base's."""
-        wrong = [k for k in ("ar", "ae") if fingerprints.get(k) != self.base_fingerprints[k]]
-        if wrong:
-            raise ArtifactError(
-                f"adapter {self.path!r} was trained on a base pipeline with "
-                + ", ".join(f"{k.upper()} fingerprint {self.base_fingerprints[k]}" for k in wrong)
-                + f"; {where!r} has " + ", ".join(f"{fingerprints.get(k)}" for k in wrong)
-                + f": load it onto its own base ({self.base_path!r} when written)")
+    base: AdapterBase
 
     def apply(self, model, name: str) -> None:
         """Put this adapter into `model` (the base's VGTModel) as adapter `name` and make it the active one:
@@ -95,6 +104,16 @@ def is_adapter(index: dict) -> bool:
     return index.get("class") == CLASS
 
 
+def adapter_base(path: str, index: dict | None = None) -> AdapterBase:
+    """The base an adapter folder names (only its model_index.json is read)."""
+    from vgt.pipeline import read_index
+
+    index = index or read_index(path)
+    if not is_adapter(index):
+        raise ArtifactError(f"{path!r} is a {index.get('class')!r} folder, not an adapter folder")
+    return AdapterBase(path, index["base"]["path"], index["base"]["fingerprints"])
+
+
 def read_adapter(path: str) -> Adapter:
     """An adapter folder's contents, every fingerprint checked."""
     from peft import LoraConfig
@@ -102,8 +121,7 @@ def read_adapter(path: str) -> Adapter:
     from vgt.pipeline import read_index
 
     index = read_index(path)
-    if not is_adapter(index):
-        raise ArtifactError(f"{path!r} is a {index.get('class')!r} folder, not an adapter folder")
+    base = adapter_base(path, index)
     llm = vio.join(path, index["components"]["llm"])
     peft_config = LoraConfig.from_peft_type(**json.loads(vio.read_bytes(vio.join(llm, PEFT_CONFIG))))
     tensors = st_load(vio.read_bytes(vio.join(llm, PEFT_WEIGHTS)))
@@ -111,8 +129,7 @@ def read_adapter(path: str) -> Adapter:
         raise ArtifactError(f"{vio.join(llm, PEFT_WEIGHTS)!r} is corrupted: its content fingerprint does not match "
                             f"{index['fingerprints']['llm']} recorded in model_index.json")
     _, rest, _ = load_component(vio.join(path, index["components"]["ar"]), kind=KIND)
-    return Adapter(path, from_dict(VGTConfig, index["config"]), peft_config, tensors, rest,
-                   index["base"]["path"], index["base"]["fingerprints"])
+    return Adapter(path, from_dict(VGTConfig, index["config"]), peft_config, tensors, rest, base)
 
 
 def load_adapter_pipeline(path: str, base: str | None = None):
@@ -120,14 +137,14 @@ def load_adapter_pipeline(path: str, base: str | None = None):
     from vgt.pipeline import VGTPipeline
 
     adapter = read_adapter(path)
-    base = base or adapter.base_path
+    base = base or adapter.base.path
     pipe = VGTPipeline.from_pretrained(base)
     return adapted(pipe, adapter, base)
 
 
 def adapted(pipe, adapter: Adapter, where: str, name: str = lora.ADAPTER):
     """`pipe` (the base, loaded from `where`) with `adapter` applied, its config the adapter run's."""
-    adapter.check_base(where, {"ar": pipe.model.fingerprint, "ae": pipe.autoencoder.fingerprint})
+    adapter.base.check(where, {"ar": pipe.model.fingerprint, "ae": pipe.autoencoder.fingerprint})
     adapter.apply(pipe.model, name)
     config = copy.deepcopy(adapter.config)
     config.ae, config.ar = pipe.config.ae, pipe.config.ar

@@ -206,6 +206,7 @@ class SampleJob:
     output_compression: int | None = None  # JPEG/WebP quality; None = encode_image's default
     quality: str = "auto"  # as reported back (QUALITY_NAMES applied)
     request_id: str = ""
+    model: str = ""  # the served model it asks for (multiplexed serving routes by it)
     cancelled: bool = False  # set inside the replica when the caller goes away
 
     def key(self) -> tuple:

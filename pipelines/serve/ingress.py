@@ -76,11 +76,14 @@ async def _invalid_request(request: Request, err: RequestValidationError) -> JSO
 @serve.deployment(name="Ingress")
 @serve.ingress(app)
 class Ingress:
-    def __init__(self, sampler, decoder, model_name: str, limits: dict | None = None, retry_after_s: int = 1):
+    def __init__(self, sampler, decoder, model_name: str, limits: dict | None = None, retry_after_s: int = 1,
+                 models: dict[str, str] | None = None):
+        """`models`: multiplexed serving (pipelines/serve/multiplex.py), {served name: its AE fingerprint}; the
+        request's `model` (default `model_name`) picks the sampler's and the decoder's multiplexed model id."""
         self.sampler, self.decoder = sampler, decoder
         self.model_name, self.limits = model_name, Limits.from_dict(limits)
-        self.retry_after_s = retry_after_s
-        self._info: ModelInfo | None = None
+        self.retry_after_s, self.models = retry_after_s, models
+        self._info: dict[str, ModelInfo] = {}
         self._metrics = metrics()
         limits_now = self.limits
 
@@ -97,9 +100,11 @@ class Ingress:
         start, rid = time.perf_counter(), request.headers.get("x-request-id", "")
         status, job, retries = 500, None, []
         try:
-            job = to_job(body, self.limits, await self._model_info(), rid)
-            sampled = await self._call("sampler", retries, self.sampler.sample, job)
-            images = await self._call("decoder", retries, self.decoder.decode,
+            info = await self._model_info(body.model)
+            job = to_job(body, self.limits, info, rid)
+            job.model = info.id  # routes the sampler and decoder calls (multiplexed serving)
+            sampled = await self._call("sampler", retries, self._sampler(job.model).sample, job)
+            images = await self._call("decoder", retries, self._decoder(job.model).decode,
                                       {"latents": sampled["latents"], "output_format": job.output_format,
                                        "output_compression": job.output_compression})
             status = 200
@@ -127,12 +132,22 @@ class Ingress:
 
     @app.get("/v1/models")
     async def models(self, _auth: None = Depends(authorize)) -> dict:
-        return {"object": "list", "data": [{"id": self.model_name, "object": "model", "created": 0,
-                                            "owned_by": "vgt"}]}
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "vgt"}
+                                           for name in (self.models or [self.model_name])]}
 
     @app.get("/healthz")
     async def healthz(self) -> JSONResponse:
-        """200 once both model deployments have loaded their weights; 503 before."""
+        """200 once both model deployments have loaded their weights; 503 before. Multiplexed: 200 once both
+        deployments answer, loading no model (each loads on its first request; `"loading": "on demand"`)."""
+        if self.models is not None:
+            try:
+                await asyncio.wait_for(self.sampler.stats.remote(), HEALTH_TIMEOUT_S)
+                decoder = await asyncio.wait_for(self.decoder.ready.remote(), HEALTH_TIMEOUT_S)
+            except asyncio.TimeoutError:
+                return JSONResponse({"status": "loading"}, status_code=503,
+                                    headers={"Retry-After": str(self.retry_after_s)})
+            return JSONResponse({"status": "ok", "models": list(self.models), "loading": "on demand",
+                                 "fingerprints": {"ae": decoder}})
         try:
             info = await asyncio.wait_for(self._model_info(), HEALTH_TIMEOUT_S)
             decoder = await asyncio.wait_for(self.decoder.ready.remote(), HEALTH_TIMEOUT_S)
@@ -143,13 +158,25 @@ class Ingress:
                              "fingerprints": {**info.fingerprints, "ae": decoder}})
 
     # -- helpers ---------------------------------------------------------------------------------
-    async def _model_info(self) -> ModelInfo:
-        if self._info is None:
-            info = await self._call("sampler", [], self.sampler.info)
+    async def _model_info(self, requested: str | None = None) -> ModelInfo:
+        """The ModelInfo of the requested model (None: `model_name`); a name this server does not serve is a
+        404 model_not_found when multiplexed (with one model `to_job` says so)."""
+        name = requested if self.models is not None and requested is not None else self.model_name
+        if self.models is not None and name not in self.models:
+            raise ApiError(404, f"the model {name!r} does not exist; this server serves {sorted(self.models)}",
+                           "model", "model_not_found")
+        if name not in self._info:
+            info = await self._call("sampler", [], self._sampler(name).info)
             for size in info.allowed_sizes(self.limits):
                 info.check_size(size)
-            self._info = info
-        return self._info
+            self._info[name] = info
+        return self._info[name]
+
+    def _sampler(self, name: str):
+        return self.sampler if self.models is None else self.sampler.options(multiplexed_model_id=name)
+
+    def _decoder(self, name: str):
+        return self.decoder if self.models is None else self.decoder.options(multiplexed_model_id=self.models[name])
 
     async def _call(self, stage: str, retries: list, method, *args):
         """One handle call, retried once if its replica died (generation is idempotent given the seed);

@@ -32,4 +32,6 @@ def metrics():
                            tag_keys=("stage",)),
         "cancelled": Counter("vgt_serve_cancelled_total", "Jobs dropped because their client went away",
                              tag_keys=("stage",)),
+        "model_requests": Counter("vgt_serve_model_requests_total", "Sampler requests per served model "
+                                  "(multiplexed serving; Serve counts the loads and unloads)", tag_keys=("model",)),
     }
