@@ -54,6 +54,7 @@ def test_tiny_cpu_run_measures_every_section(tiny_run):
         assert r["tokens_per_s"] == pytest.approx(r["batch"] * r["seq"] / seconds)
         assert r["mfu"] == pytest.approx(r["tflops_per_s"] / 0.5)
         assert r["attention"] == "sdpa" and r["compute_dtype"] == "torch.bfloat16"
+        assert r["planned_gib"] > 0 and r["reserve_gib"] > 0 and r["peak_gib"] is None  # peaks: CUDA only
     assert train["fsdp2"]["strategy"] == "fsdp2"
     # the same init and batch: FSDP2's bf16 parameters and autocast agree on the first loss
     assert train["fsdp2_first_loss_relative_difference"] <= 2e-2
