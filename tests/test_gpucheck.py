@@ -154,6 +154,31 @@ def test_a_section_that_raises_is_reported_and_the_others_still_run(tmp_path, mo
     assert "| sampling | section raised | n/a |  | FAIL | RuntimeError: CUDA out of memory (simulated) |" in table
 
 
+@pytest.mark.timeout(120)
+def test_a_kernel_that_drops_the_padding_mask_fails_the_output_comparison(tmp_path, monkeypatch):
+    """What the comparison is for: a kernel that mishandles right padding (here sdpa without the mask,
+    registered with transformers like any attention backend) is flagged in every case."""
+    from transformers import AttentionInterface
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    from vgt.gpucheck import kernels, main
+
+    def no_mask(module, query, key, value, attention_mask, **kwargs):
+        return sdpa_attention_forward(module, query, key, value, None, **kwargs)
+
+    AttentionInterface.register("gpucheck-test-no-mask", no_mask)
+    AttentionMaskInterface.register("gpucheck-test-no-mask", sdpa_mask)
+    monkeypatch.setattr(kernels, "kernels", lambda check: (["sdpa", "gpucheck-test-no-mask"], "test kernels"))
+    assert main(["--allow-cpu", "--preset", "tiny", "--only", "attention", "--out", str(tmp_path)]) == 1
+    cases = json.loads((tmp_path / "gpu-check.json").read_text())["attention"]["cases"]
+    assert len(cases) == 3
+    for case in cases.values():
+        errors = case["relative_error_vs_fp32_sdpa"]
+        assert case["ok"] == {"sdpa": True, "gpucheck-test-no-mask": False}
+        assert errors["gpucheck-test-no-mask"] > 5 * errors["sdpa"]
+
+
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("bundle") / "vgt-gpu-bundle"

@@ -17,7 +17,7 @@ import torch
 
 from vgt.errors import UsageError
 
-from .report import write
+from .report import markdown, write
 
 PACKAGES = ("vgt", "transformers", "tokenizers", "safetensors", "diffusers", "flash-attn", "numpy", "pillow")
 # what `make gpu-bundle` does not pack: the check must never import them
@@ -48,7 +48,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def environment(device: torch.device) -> dict:
     from vgt.backbones import choose_attn_implementation
-
     from vgt.provenance import package_versions
 
     impl, why = choose_attn_implementation("auto", device, torch.bfloat16)
@@ -61,9 +60,11 @@ def environment(device: torch.device) -> dict:
 
 
 def run(args: argparse.Namespace) -> int:
+    from vgt.backbones import load_tokenizer
+
     from .autoencoder import diffusers_missing, run_autoencoder
     from .context import Check, check_config, peak_tflops
-    from .kernels import run_kernels
+    from .kernels import kernels, run_kernels
     from .sampling import run_sampling
     from .train import run_training
 
@@ -79,9 +80,7 @@ def run(args: argparse.Namespace) -> int:
     check = Check(cfg, device, torch.bfloat16, args.batch or cfg.train.ar_pretrain.batch_size, args.steps,
                   args.ae_batch or (32 if device.type == "cuda" else 2), peak, source)
     env = environment(device)
-    notes = [kernel_note(check)]
-    from vgt.backbones import load_tokenizer
-
+    notes = [kernels(check)[1]]  # which attention kernels are compared, and why not flash where it is not
     tokenizer = load_tokenizer(cfg.ar.backbone)
     sections = {"training": lambda: run_training(check, tokenizer), "attention": lambda: run_kernels(check, tokenizer),
                 "sampling": lambda: run_sampling(check, tokenizer), "autoencoder": lambda: run_autoencoder(check)}
@@ -112,15 +111,9 @@ def run(args: argparse.Namespace) -> int:
                            "resolution": cfg.data.resolution},
               "notes": notes, "errors": errors, **results, "rows": check.rows}
     json_path, table_path = write(result, args.out)
-    print(open(table_path).read())
+    print(markdown(result))
     print(f"gpu-check: {'all passed' if ok else 'FAILED'} in {seconds:.0f} s; wrote {json_path} and {table_path}")
     return 0 if ok else 1
-
-
-def kernel_note(check: Check) -> str:
-    from .kernels import kernels
-
-    return kernels(check)[1]
 
 
 def main(argv: list[str] | None = None) -> int:
