@@ -100,11 +100,11 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     import torch
-    from tqdm.auto import tqdm
 
     from vgt import io as vio
     from vgt.ar.sampling import image_generator
     from vgt.pipeline import VGTPipeline
+    from vgt.progress import Progress
 
     prompts = read_prompts(args)
     jobs = [(k, p) for k, p in enumerate(p for p in prompts for _ in range(args.n))]
@@ -113,7 +113,7 @@ def run(args: argparse.Namespace) -> int:
     sampling = check_sampling(pipe, args)
     vio.makedirs(args.out)
     records = []
-    with tqdm(total=len(jobs), unit="img", desc="generate") as bar:
+    with Progress("generate", total=len(jobs), unit="image") as bar:
         for start in range(0, len(jobs), args.batch_size):
             batch = jobs[start:start + args.batch_size]
             latents = pipe.sample_latents([p for _, p in batch], height=args.height, width=args.width,

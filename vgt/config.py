@@ -350,6 +350,12 @@ class TrainConfig:
     """Chunks whose rows are shuffled together (a bounded shuffle buffer)."""
     export_ema: bool = True
     """Export the EMA weights when the stage keeps an EMA (the AR stages); False: the raw weights."""
+    tracking: str = "tensorboard"
+    """Experiment tracker written by the launcher, once per run (`vgt.train.tracking`): "tensorboard" (event
+    files in OUT/tensorboard) | "mlflow" (one MLflow run, id in OUT/mlflow_run.json) | "none" (metrics.jsonl
+    only). Scalars every step, the config as hyper-parameters, sample grids, final metrics."""
+    tracking_uri: str | None = None
+    """MLflow tracking URI for train.tracking=mlflow; null: MLFLOW_TRACKING_URI, else mlflow's default store."""
 
 
 @dataclass

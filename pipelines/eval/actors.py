@@ -23,6 +23,7 @@ import numpy as np
 
 from vgt.data.reader import PreparedDataset
 from vgt.eval.frechet import FeatureStats, frechet_from_stats
+from vgt.progress import Progress
 
 log = logging.getLogger(__name__)
 FD_LABEL = "Fréchet distance on EfficientNet-Lite0 (ImageNet) pooled features: a proxy, NOT FID"
@@ -101,11 +102,14 @@ def recon_eval(ae: str, data: str, convention: str = "standard", fd: bool = True
                         fn_constructor_kwargs=dict(data=data, ae=ae, convention=convention, fd=fd,
                                                    batch_size=batch_size, torch_threads=max(1, int(num_cpus))))
     psnrs, ssims, real, recon = [], [], FeatureStats(), FeatureStats()
-    for b in ds.iter_batches(batch_format="numpy", batch_size=None):
+    progress = Progress("eval recon", total=len(src.parts), unit="part")
+    for b in ds.iter_batches(batch_format="numpy", batch_size=None):  # one part per batch
+        progress.update(1, images=len(psnrs) + len(b["psnr"]))
         psnrs.extend(b["psnr"].tolist())
         ssims.extend(b["ssim"].tolist())
         if fd:
             real, recon = real.add(b["real_features"]), recon.add(b["recon_features"])
+    progress.close()
     finite = [p for p in psnrs if np.isfinite(p)]
     result = {"convention": convention, "images": len(psnrs), "psnr": float(np.mean(finite)) if finite else None,
               "identical_images": len(psnrs) - len(finite), "ssim": float(np.mean(ssims)) if ssims else None,
@@ -159,9 +163,11 @@ def generate(model: str, prompts: list[str], n: int, seed: int = 0, sample: dict
                         num_gpus=_gpus(num_gpus),
                         fn_constructor_kwargs=dict(model=model, seed=seed, sample=sample or {},
                                                    torch_threads=max(1, int(num_cpus))))
-    for b in ds.iter_batches(batch_format="numpy", batch_size=None):
-        for i, k, png in zip(b["prompt_index"], b["sample"], b["png"]):
-            yield int(i), int(k), bytes(png)
+    with Progress("eval generate", total=len(rows), unit="image") as progress:
+        for b in ds.iter_batches(batch_format="numpy", batch_size=None):
+            progress.update(len(b["png"]))
+            for i, k, png in zip(b["prompt_index"], b["sample"], b["png"]):
+                yield int(i), int(k), bytes(png)
 
 
 def grouped(results: Iterator[tuple[int, int, bytes]], n: int) -> Iterator[tuple[int, list]]:

@@ -15,6 +15,7 @@ import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from vgt.errors import VGTError
+from vgt.progress import Progress
 
 
 class EndpointError(VGTError):
@@ -60,5 +61,9 @@ def fetch_images(url: str, prompts: list[str], n: int, seed: int = 0, sample: di
             stats.seconds.append(time.perf_counter() - start)
         return job, png
 
-    with ThreadPoolExecutor(max_workers=parallel) as pool:
-        return dict(pool.map(one, jobs))
+    with ThreadPoolExecutor(max_workers=parallel) as pool, Progress("eval fetch", total=len(jobs), unit="image") as bar:
+        images = {}
+        for job, png in pool.map(one, jobs):
+            images[job] = png
+            bar.update(1)
+        return images

@@ -24,6 +24,7 @@ from vgt.data import layout
 from vgt.data.encode import center_crop_pixels, encode_pixels
 from vgt.data.latents import latents_to_columns
 from vgt.data.reader import BASE_COLUMNS, PreparedDataset, load_manifest
+from vgt.progress import Progress
 from vgt.provenance import collect_provenance
 
 from .dataset import remove_dataset
@@ -55,11 +56,14 @@ def run_prep_latents(data: str, ae: str, output: str | None = None, batch_size: 
         encoded = (encoder.encode_part(name) for name in todo)
     else:
         encoded = _encode_parts(todo, options, concurrency, num_gpus, num_cpus)
+    progress = Progress("prep-latents", total=len(src.parts), unit="part", start=len(src.parts) - len(todo))
     for stats in encoded:
+        progress.update(1, rows=stats["rows"])
         manifest["latents"]["shape"] = stats.pop("shape") or manifest["latents"]["shape"]
         done[stats.pop("part")] = stats
         log.info("[%d/%d] latents for %d rows (%.1f s)", len(done), len(src.parts), stats["rows"], stats["seconds"])
         layout.write_manifest(out, manifest)
+    progress.close()
     if out != data:
         _copy_rejects(src, out)
     manifest["latents"]["duration_s"] = round(time.time() - started, 3)

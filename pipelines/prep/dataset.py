@@ -17,6 +17,7 @@ from vgt.config import DataConfig, VGTConfig, to_dict
 from vgt.data import layout
 from vgt.data.reader import load_manifest
 from vgt.data.summary import by_source, format_summary, totals
+from vgt.progress import Progress
 from vgt.provenance import collect_provenance
 
 from vgt.data.part import build_part, build_part_row
@@ -40,7 +41,11 @@ def run_prep(inputs: list[str], output: str, cfg: VGTConfig, overwrite: bool = F
     built, last_write = [], time.time()
     parts = ((build_part(spec, cfg.data, output) for spec in todo) if in_process
              else _build_parts(todo, cfg.data, output, concurrency))
+    progress = Progress("prep", total=len(plan), unit="part", start=len(plan) - len(todo))
+    kept = rejected = 0
     for stats in parts:
+        kept, rejected = kept + stats["rows_out"], rejected + stats["rejected"]
+        progress.update(1, rows_kept=kept, rejected=rejected)
         manifest["parts"][stats["part"]] = stats
         (manifest.get("latents") or {}).get("parts", {}).pop(stats["part"], None)  # its latents are gone
         built.append(stats)
@@ -49,6 +54,7 @@ def run_prep(inputs: list[str], output: str, cfg: VGTConfig, overwrite: bool = F
         if time.time() - last_write > MANIFEST_EVERY_S:
             layout.write_manifest(output, _with_totals(manifest))
             last_write = time.time()
+    progress.close()
     manifest["runs"].append({
         "started": started, "duration_s": round(time.time() - started, 3),
         "parts_built": [s["part"] for s in built], "parts_skipped": len(plan) - len(todo),

@@ -5,6 +5,7 @@ Run folder OUT (local or s3://):
   checkpoints/step-N/            Ray Train checkpoints (vgt.train.checkpoint), the newest `ray.keep_checkpoints`
   metrics.jsonl                  one line per step (loss terms, lr, grad norm, samples/s, tokens/s)
   samples/step-N.png             reconstruction (AE) / sample (AR) grids every `sample_every` steps
+  tensorboard/, mlflow_run.json  the experiment tracker's run (`train.tracking`; pipelines.train.monitor)
   export/                        the final weights as a loadable AE or pipeline folder
 
 Resuming is running the same command again: Ray Train V2 finds the latest checkpoint of
@@ -17,11 +18,14 @@ from dataclasses import asdict
 
 from vgt.train.checkpoint import STATE_FILE, TrainInputError, check_compatible
 from pipelines.train.config import RayTrainConfig
+from pipelines.train.monitor import Monitor
 from pipelines.train.worker import ray_worker_main
 from vgt.train.loop import RUN_NAME, LoopSpec, stage_name
 from vgt import io as vio
 from vgt.config import VGTConfig, to_dict
+from vgt.progress import Progress
 from vgt.provenance import collect_provenance
+from vgt.train.tracking import check_tracking, open_tracker
 
 
 def resolve_strategy(strategy: str, use_gpu: bool, default_gpu: str) -> str:
@@ -71,16 +75,24 @@ def fit(spec: LoopSpec, ray_cfg: RayTrainConfig, default_strategy_gpu: str = "dd
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    t = spec.config["train"]
+    check_tracking(t["tracking"])  # before Ray starts
     if not ray.is_initialized():
         ray.init()  # RAY_ADDRESS / a running cluster, else a local one
-    t = spec.config["train"]
     use_gpu = cluster_has_gpu() if ray_cfg.use_gpu is None else bool(ray_cfg.use_gpu)
     t["strategy"] = resolve_strategy(t["strategy"], use_gpu, default_strategy_gpu)
     state = latest_checkpoint_state(spec.out)
     if state is not None:  # refuse before any worker starts
         check_compatible(state, ray_cfg.num_workers, t["strategy"])
     write_run_files(spec, ray_cfg, resumed_from=state and state["step"])
+    start = state["step"] if state else 0
+    progress = Progress(spec.stage_key, total=min(spec.steps, t.get("stop_at") or spec.steps), unit="step",
+                        start=start)
+    tracker = open_tracker(t["tracking"], spec.out, spec.config, name=f"{spec.stage_key} {spec.out}",
+                           uri=t["tracking_uri"])
+    progress.note(f"tracking: {tracker.where}")
     fs, path = vio.pyarrow_fs(spec.out)
+    monitor = Monitor(tracker, progress)
     trainer = TorchTrainer(
         ray_worker_main,
         train_loop_config={"spec": asdict(spec), "fail_at_step": ray_cfg.fail_at_step,
@@ -100,10 +112,15 @@ def fit(spec: LoopSpec, ray_cfg: RayTrainConfig, default_strategy_gpu: str = "dd
             checkpoint_config=CheckpointConfig(num_to_keep=ray_cfg.keep_checkpoints),
             # A failed worker restarts the whole group, which resumes from the last checkpoint.
             failure_config=FailureConfig(max_failures=ray_cfg.max_failures),
+            # rank 0's records -> progress lines and the one tracking writer, in this process
+            callbacks=[monitor.callback],
         ),
     )
-    result = trainer.fit()
-    return dict(result.metrics or {})
+    with monitor:
+        result = trainer.fit()
+    metrics = dict(result.metrics or {})
+    metrics.pop("records", None)
+    return metrics
 
 
 def write_run_files(spec: LoopSpec, ray_cfg: RayTrainConfig, resumed_from: int | None) -> None:

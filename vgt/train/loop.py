@@ -73,7 +73,7 @@ def run_loop(spec: LoopSpec, env: WorkerEnv, checkpoint=None, report=None,
     feed = make_feed(spec, stage, env)
     start = _resume(checkpoint, stage, feed, env)
     stop = min(spec.steps, t.get("stop_at") or spec.steps)
-    log = MetricsLog(spec.out, start) if env.is_main else None
+    log = MetricsLog(spec.out, start, forward=report is not None) if env.is_main else None
     if log:
         log.append({"event": "start", "step": start, "time": time.time(), "world_size": env.world,
                     "strategy": env.strategy, "torch_threads": torch.get_num_threads()})
@@ -91,7 +91,7 @@ def run_loop(spec: LoopSpec, env: WorkerEnv, checkpoint=None, report=None,
         if log:
             log.append(metrics)
         requested = after_step is not None and _any_rank(env, bool(after_step(step + 1, stage)))
-        _maybe_preview(spec, stage, rows, env, step + 1)
+        _maybe_preview(spec, stage, rows, env, step + 1, log)
         timed_out = deadline is not None and _any_rank(env, time.monotonic() > deadline)
         ended = timed_out or requested
         if ended:
@@ -137,29 +137,38 @@ def _global_metrics(metrics: dict, stage, rows: list, env: WorkerEnv, seconds: f
     return out
 
 
-def _maybe_preview(spec: LoopSpec, stage, rows: list, env: WorkerEnv, step: int) -> None:
+def _maybe_preview(spec: LoopSpec, stage, rows: list, env: WorkerEnv, step: int, log: "MetricsLog | None") -> None:
     every = train_cfg(spec)["sample_every"]
     if not every or step % every or not hasattr(stage, "preview"):
         return
     image = stage.preview(step, rows)  # every rank: FSDP2 forwards are collective
     if env.is_main and image is not None:
-        with vio.open(vio.join(spec.out, "samples", f"step-{step:08d}.png"), "wb") as f:
+        uri = vio.join(spec.out, "samples", f"step-{step:08d}.png")
+        with vio.open(uri, "wb") as f:
             image.save(f, format="PNG")
+        log.forward({"event": "sample", "step": step, "uri": uri})
 
 
 def _checkpoint_and_report(spec, stage, feed, env, step, stop, metrics, log, report) -> None:
     """Checkpoint every train.checkpoint_every steps and at the stop step; metrics to Ray every
-    train.log_every steps (a report is a barrier across the workers, so not every step)."""
+    train.log_every steps (a report is a barrier across the workers, so not every step). Rank 0's
+    report also carries every record since its last one (`MetricsLog.take`): the launcher's progress
+    lines and its one tracking writer (`vgt.train.tracking`) read them there, not from a file."""
     if report is None:  # a plain process (benchmarks, in-process tests): no Ray, no checkpoints
         return
     t = train_cfg(spec)
-    if step % t["checkpoint_every"] == 0 or step == stop:
+    checkpoint = step % t["checkpoint_every"] == 0 or step == stop
+    if not checkpoint and step % t["log_every"]:
+        return
+    if log:
+        metrics = {**metrics, "records": log.take()}
+    if checkpoint:
         if log:
             log.flush()
         with tempfile.TemporaryDirectory(prefix="vgt-ckpt-") as folder:
             train_ckpt.save(folder, stage.trainables, env, step, {"data": feed.state()})
             report(metrics, folder, f"step-{step:08d}")
-    elif step % t["log_every"] == 0:
+    else:
         report(metrics, None, None)
 
 
@@ -175,11 +184,14 @@ def export(spec: LoopSpec, stage, env: WorkerEnv) -> None:
 
 class MetricsLog:
     """OUT/metrics.jsonl, one JSON object per step (rank 0). On resume, lines after the resumed
-    step are dropped, so the file always describes one consistent history."""
+    step are dropped, so the file always describes one consistent history. With `forward`, what is
+    appended (and sample events) also waits for the next report (`take`)."""
 
-    def __init__(self, out: str, start: int):
+    def __init__(self, out: str, start: int, forward: bool = False):
         self.uri = vio.join(out, "metrics.jsonl")
         self.records = [r for r in self._read() if r["step"] <= start]
+        self._forward = forward
+        self._pending: list[dict] = []
         self._local = not vio.is_s3(out)
         if self._local:
             self._rewrite()
@@ -191,9 +203,19 @@ class MetricsLog:
 
     def append(self, record: dict) -> None:
         self.records.append(record)
+        self.forward(record)
         if self._local:  # local files grow line by line; s3 objects are rewritten at checkpoints
             with open(self.uri, "a") as f:
                 f.write(json.dumps(record) + "\n")
+
+    def forward(self, record: dict) -> None:
+        """Queue a record for the next report only (not written to metrics.jsonl)."""
+        if self._forward:
+            self._pending.append(record)
+
+    def take(self) -> list[dict]:
+        pending, self._pending = self._pending, []
+        return pending
 
     def flush(self) -> None:
         if not self._local:
