@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("convert", "convert reference (hustvl/VGT) checkpoints into vgt folders"),
     "init": ("init", "write a random-weight pipeline folder for a preset"),
     "generate": ("generate", "generate images from prompts with a pipeline folder"),
+    "push": ("push", "upload a pipeline or AE folder to a Hugging Face Hub repo"),
     "prep": ("prep_data", "turn raw image-text shards into a prepared dataset (Ray Data)"),
     "prep-latents": ("prep_latents", "add AE latents to a prepared dataset (Ray Data actors)"),
     "train-ae": ("train_ae", "train the autoencoder stage (Ray Train)"),

@@ -13,7 +13,8 @@ import argparse
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     from ray_jobs._entry import at_least, hidden_alias, renamed_flag
 
-    parser.add_argument("--model", required=True, metavar="DIR", help="pipeline folder (local or s3://)")
+    parser.add_argument("--model", required=True, metavar="DIR",
+                        help="pipeline folder (local or s3://) or Hugging Face Hub repo id owner/name[@revision]")
     parser.add_argument("--prompt", action="append", default=[], help="a prompt (repeatable)")
     parser.add_argument("--prompts", metavar="FILE", help="text file with one prompt per line (blank lines skipped)")
     parser.add_argument("--out", required=True, metavar="DIR", help="output folder (local or s3://)")

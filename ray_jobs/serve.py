@@ -35,7 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--model", required=True, action="append", metavar="[NAME=]DIR",
                         help="repeatable: several NAME=DIR are served together (multiplexed: a request's `model` "
-                             "picks one; adapter folders load on their base); the folder to serve: local path or s3://")
+                             "picks one; adapter folders load on their base); the folder to serve: local path, s3:// "
+                             "or Hugging Face Hub repo id owner/name[@revision] (downloaded here, into the Hub "
+                             "cache; the replicas load the local copy)")
     parser.add_argument("--host", default="127.0.0.1",
                         help="HTTP bind address (default 127.0.0.1; 0.0.0.0 for every interface)")
     parser.add_argument("--port", type=tcp_port, default=None,
@@ -63,8 +65,12 @@ def run(args: argparse.Namespace) -> int:
 
     from pipelines.serve.config import APP_NAME, DEFAULT_CONFIG, deploy, placement_overrides, with_overrides
     from ray_jobs._entry import connect_ray
+    from vgt.hub import resolve
     from vgt.pipeline import read_index
 
+    # Hub repo ids (owner/name[@revision]) -> their local snapshots, downloaded here, before Ray starts
+    args.model = [name + sep + resolve(folder) if sep else resolve(item)
+                  for item in args.model for name, sep, folder in [item.partition("=")]]
     served = served_models(args.model)  # {NAME: DIR}: multiplexed (checked here, before Ray starts), else None
     args.model = next(iter(served.values())) if served else args.model[0]
     app = app_args(args, served)

@@ -23,7 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data", required=True, nargs="+", metavar="URI[=WEIGHT]",
                         help="prepared dataset(s), mixed per sample by weight (default 1 each); "
                              "an item KEY=VALUE whose KEY is a config key is taken as an override")
-    parser.add_argument("--ae", required=True, metavar="AE_DIR", help="the frozen autoencoder folder")
+    parser.add_argument("--ae", required=True, metavar="AE_DIR",
+                        help="the frozen autoencoder folder, or a Hugging Face Hub repo id owner/name[@revision] "
+                             "(resolved here; the workers read the local snapshot)")
     parser.add_argument("--init", default=None, metavar="PIPELINE_DIR",
                         help="pipeline folder to start from (required for sft)")
 
@@ -35,6 +37,9 @@ def run(args: argparse.Namespace) -> int:
     from vgt.artifacts import read_component_config
     from vgt.pipeline import read_index
 
+    from vgt.hub import resolve
+
+    args.ae = resolve(args.ae)  # a Hub repo id -> its local snapshot, downloaded once, in the driver
     read_component_config(args.ae, "ae")  # clear errors before any worker starts
     if args.init is not None:
         read_index(args.init)

@@ -50,11 +50,14 @@ class VGTPipeline:
     @classmethod
     def from_pretrained(cls, path: str) -> "VGTPipeline":
         """Load a pipeline folder, or an adapter folder onto the base pipeline it names (`vgt.adapter`);
-        every component's format version and fingerprint are checked."""
+        every component's format version and fingerprint are checked. `path` may be a Hugging Face Hub
+        repo id, `owner/name[@revision]` (`vgt.hub.resolve`: downloaded to, or read from, the Hub cache)."""
         from vgt.adapter import is_adapter, load_adapter_pipeline
         from vgt.ae import VGTAutoencoder
         from vgt.ar.model import VGTModel
+        from vgt.hub import resolve
 
+        path = resolve(path)
         index = read_index(path)
         if is_adapter(index):
             return load_adapter_pipeline(path)

@@ -125,7 +125,10 @@ class VGTAutoencoder(nn.Module):
     @classmethod
     def from_pretrained(cls, folder: str) -> "VGTAutoencoder":
         """Load an AE folder (local or s3://), rebuilt from the backbone configs it stores; version,
-        content fingerprint and config-vs-weights agreement are checked (`vgt.artifacts.load_model`)."""
-        model, fp = load_model(folder, KIND, lambda config: cls(from_dict(AEConfig, config)))
+        content fingerprint and config-vs-weights agreement are checked (`vgt.artifacts.load_model`).
+        `folder` may be a Hugging Face Hub repo id, `owner/name[@revision]` (`vgt.hub.resolve`)."""
+        from vgt.hub import resolve
+
+        model, fp = load_model(resolve(folder), KIND, lambda config: cls(from_dict(AEConfig, config)))
         model.fingerprint = fp
         return model.eval()
