@@ -7,6 +7,7 @@ parts' stats back, keeps `manifest.json` current, and prints a summary table at 
 """
 from __future__ import annotations
 
+import io
 import json
 import logging
 import time
@@ -21,7 +22,7 @@ from vgt.progress import Progress
 from vgt.provenance import collect_provenance
 
 from vgt.data.part import build_part, build_part_row
-from vgt.data.plan import plan_parts
+from vgt.data.plan import InputError, plan_parts
 
 log = logging.getLogger(__name__)
 MANIFEST_EVERY_S = 5.0  # rewrite manifest.json at most this often while parts finish (and at the end)
@@ -146,3 +147,24 @@ def _build_parts(todo: list[dict], data_cfg: DataConfig, output: str, concurrenc
         concurrency=concurrency)
     for row in ds.iter_rows():
         yield json.loads(row["stats"])
+
+
+def run_prep_dataset(dataset, output: str, cfg: VGTConfig, num_parts: int, tag: str = "hf", **prep_kwargs) -> dict:
+    """Prepare a Hugging Face `datasets.Dataset` (image + caption columns) as `num_parts` parts.
+
+    Its rows are written by `datasets` itself as `num_parts` parquet shards of contiguous rows
+    (OUT/source/<dataset fingerprint>/, read from its memory-mapped Arrow files, never gathered into
+    one table), then prepared like any other folder of parquet shards: one part per shard, the same
+    rejects accounting, and a rerun rebuilds only the unfinished parts. `prep_kwargs`: `run_prep`'s."""
+    if num_parts < 1 or num_parts > len(dataset):
+        raise InputError(f"num_parts must be between 1 and the dataset's {len(dataset)} rows, got {num_parts}")
+    stage = vio.join(output, "source", dataset._fingerprint)
+    with Progress("prep: writing dataset shards", total=num_parts, unit="shard") as progress:
+        for index in range(num_parts):
+            uri = vio.join(stage, f"{index:05d}-of-{num_parts:05d}.parquet")
+            if not vio.exists(uri):  # a shard of this dataset already written: kept (resume)
+                buf = io.BytesIO()  # one shard at a time
+                dataset.shard(num_shards=num_parts, index=index, contiguous=True).to_parquet(buf)
+                vio.atomic_write_bytes(uri, buf.getvalue())
+            progress.update(1)
+    return run_prep([f"{tag}={stage}"], output, cfg, **prep_kwargs)

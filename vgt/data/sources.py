@@ -4,8 +4,10 @@ Formats:
 - `wds`: WebDataset tar shards as img2dataset writes them (`KEY.jpg|jpeg|png|webp`, `KEY.txt`,
   optional `KEY.json` whose "caption" is used when there is no `.txt`); read as a stream, so
   an `s3://` shard is never downloaded whole or seeked.
-- `parquet`: an image-bytes column (bytes, or a struct with a "bytes" field as Hugging Face
-  datasets write it) and a caption column; names from `DataConfig.image_column/caption_column`.
+- `parquet`: an image-bytes column (bytes, or the `{bytes, path}` struct of a Hugging Face
+  `datasets` `Image` feature, as `to_parquet` and the Hub's parquet shards store it; a struct with
+  no bytes is read from its path, relative to the parquet file's folder) and a caption column;
+  names from `DataConfig.image_column/caption_column`. A folder of shards is one part per shard.
 - `index`: a JSON list or JSONL file of objects `{image_column: path, caption_column: text}`;
   relative paths are resolved against the index file's folder (the reference's format).
 
@@ -133,21 +135,35 @@ def _iter_parquet(uri: str, cfg: DataConfig) -> Iterator[RawSample]:
         raise ShardError(UNREADABLE_SHARD, f"no column(s) {missing}; the file has {names} "
                                            "(set data.image_column / data.caption_column)")
     row = 0
+    folder = posixpath.dirname(uri) if vio.is_s3(uri) else _local_dirname(uri)
     try:
         for batch in pf.iter_batches(batch_size=BATCH_ROWS, columns=columns):
             images = batch.column(cfg.image_column).to_pylist()
             captions = batch.column(cfg.caption_column).to_pylist()
             for image, caption in zip(images, captions):
-                yield RawSample(member=str(row), image=_image_bytes(image), caption=caption)
+                yield _parquet_sample(str(row), image, caption, folder)
                 row += 1
     except Exception as e:  # a damaged row group: rows from here on are lost
         raise ShardError(TRUNCATED_SHARD, f"{type(e).__name__}: {e}", member=str(row)) from None
 
 
-def _image_bytes(value: Any) -> bytes | None:
-    if isinstance(value, dict):  # Hugging Face `Image` feature: {"bytes": ..., "path": ...}
-        value = value.get("bytes")
-    return value if isinstance(value, (bytes, bytearray)) else None
+def _parquet_sample(member: str, image: Any, caption: Any, folder: str) -> RawSample:
+    if isinstance(image, dict):  # Hugging Face `Image` feature: {"bytes": ..., "path": ...}
+        path = image.get("path")
+        image = image.get("bytes")
+        if image is None and path:  # stored by reference (a local dataset's files)
+            return _sample_from_path(member, path, folder, caption)
+    return RawSample(member, image=image if isinstance(image, (bytes, bytearray)) else None, caption=caption)
+
+
+def _sample_from_path(member: str, path: str, folder: str, caption: Any) -> RawSample:
+    """A sample whose image is the file at `path` (absolute, s3://, or relative to `folder`)."""
+    full = path if vio.is_s3(path) or path.startswith("/") else vio.join(folder, path)
+    try:
+        image = vio.read_bytes(full)
+    except (OSError, UnicodeError, ValueError) as e:  # missing file, unencodable path
+        return RawSample(member, reject=(MISSING_IMAGE, f"{full}: {type(e).__name__}: {e}"))
+    return RawSample(member, image=image, caption=caption)
 
 
 # -- JSON / JSONL index next to an image folder ---------------------------------------------------
@@ -188,9 +204,4 @@ def _index_sample(member: str, entry: Any, folder: str, cfg: DataConfig) -> RawS
     path = entry.get(cfg.image_column)
     if not isinstance(path, str) or not path:
         return RawSample(member, reject=(MISSING_IMAGE, f"no {cfg.image_column!r} path in the entry"))
-    full = path if vio.is_s3(path) or path.startswith("/") else vio.join(folder, path)
-    try:
-        image = vio.read_bytes(full)
-    except (OSError, UnicodeError, ValueError) as e:  # missing file, unencodable path
-        return RawSample(member, reject=(MISSING_IMAGE, f"{full}: {type(e).__name__}: {e}"))
-    return RawSample(member, image=image, caption=entry.get(cfg.caption_column))
+    return _sample_from_path(member, path, folder, entry.get(cfg.caption_column))
