@@ -102,6 +102,8 @@ def test_shapes_benchmark_on_a_pipeline_folder(tiny_pipeline, ray_cluster, tmp_p
         assert 0.0 <= summary[task] <= 1.0
     saved = json.loads((tmp_path / "s" / "shapes.json").read_text())
     assert len(saved["images"]) == 48 and all((tmp_path / "s" / r["image"]).exists() for r in saved["images"])
+    bars = Image.open(tmp_path / "s" / "shapes.png")  # the score bars (vgt.plots.score_bars)
+    assert bars.format == "PNG" and bars.size[0] >= 640
 
 
 @pytest.mark.parametrize("argv,status,message", [

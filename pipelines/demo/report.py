@@ -7,40 +7,21 @@ import io
 import json
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from vgt import io as vio
+from vgt import plots
+from vgt.eval.shapes.score import SCORES
 
-PLOT_SIZE = (480, 240)
 GRID_IMAGES = 8  # originals / reconstructions shown in the reconstruction grid
 
 
-def line_plot(steps: list[float], values: list[float], title: str) -> Image.Image:
-    """A minimal loss curve (PIL only): axes, min/max labels, one polyline."""
-    w, h = PLOT_SIZE
-    left, right, top, bottom = 56, 10, 22, 24
-    img = Image.new("RGB", (w, h), "white")
-    draw = ImageDraw.Draw(img)
-    draw.text((left, 4), title, fill="black")
-    draw.rectangle([left, top, w - right, h - bottom], outline="black")
-    if len(values) >= 2:
-        lo, hi = min(values), max(values)
-        span_x, span_y = (max(steps) - min(steps)) or 1.0, (hi - lo) or 1.0
-        pts = [(left + (s - min(steps)) / span_x * (w - left - right),
-                h - bottom - (v - lo) / span_y * (h - top - bottom)) for s, v in zip(steps, values)]
-        draw.line(pts, fill=(30, 90, 200), width=2)
-        draw.text((2, top), f"{hi:.4g}", fill="black")
-        draw.text((2, h - bottom - 10), f"{lo:.4g}", fill="black")
-        draw.text((left, h - bottom + 4), f"step {min(steps):.0f}", fill="black")
-        draw.text((w - right - 70, h - bottom + 4), f"step {max(steps):.0f}", fill="black")
-    return img
-
-
-def loss_curve(run: str, title: str) -> tuple[Image.Image, dict]:
+def loss_curve(run: str, title: str) -> tuple[bytes, dict]:
+    """The run's learning curves (PNG) and its loss / throughput figures."""
     records = [json.loads(line) for line in vio.read_bytes(vio.join(run, "metrics.jsonl")).decode().splitlines()
                if line.strip()]
     steps = [r for r in records if "loss" in r]
-    curve = line_plot([r["step"] for r in steps], [r["loss"] for r in steps], title)
+    curve = plots.png(plots.learning_curves(steps, title))
     tail = steps[-max(1, len(steps) // 10):]
     return curve, {"steps": len(steps), "first_loss": steps[0]["loss"] if steps else None,
                    "last_loss": float(np.mean([r["loss"] for r in tail])) if steps else None,
@@ -86,9 +67,13 @@ def write_report(metrics: dict, paths: dict, cfg) -> None:
     metrics["recon"] = {"standard": recon_eval(paths["ae"], paths["heldout"], "standard", fd=True),
                         "reference": recon_eval(paths["ae"], paths["heldout"], "reference", fd=False)}
     for name in ("ae", "ar"):
-        curve, stats = loss_curve(paths[f"{name}_run"], f"{name.upper()} training loss per step")
-        _save(curve, vio.join(report, f"{name}_loss.png"))
+        curve, stats = loss_curve(paths[f"{name}_run"], f"{name.upper()} training")
+        vio.write_bytes(vio.join(report, f"{name}_loss.png"), curve)
         metrics[f"train_{name}"].update(stats)
+    scores = {"generated": metrics["shapes"], "unconditional (guidance 0)": metrics["shapes_unconditional"],
+              "AE ceiling": metrics["ae_ceiling"]}
+    vio.write_bytes(vio.join(report, "scores.png"),
+                    plots.png(plots.score_bars(scores, SCORES, "Shapes scores on held-out prompts")))
     vio.write_bytes(vio.join(paths["root"], "report.html"), render_html(metrics, cfg).encode())
 
 
@@ -100,9 +85,8 @@ def _table(rows: list[tuple[str, object]]) -> str:
 
 def render_html(metrics: dict, cfg) -> str:
     shapes, ceiling, unconditional = metrics["shapes"], metrics["ae_ceiling"], metrics["shapes_unconditional"]
-    tasks = ["colour", "count", "shape", "position", "two_object", "single_all", "overall"]
     score_rows = "".join(f"<tr><th>{t}</th><td>{_num(shapes.get(t))}</td><td>{_num(unconditional.get(t))}</td>"
-                         f"<td>{_num(ceiling.get(t))}</td></tr>" for t in tasks)
+                         f"<td>{_num(ceiling.get(t))}</td></tr>" for t in SCORES)
     recon = metrics["recon"]
     recon_rows = [("PSNR (standard, dB)", recon["standard"]["psnr"]), ("SSIM (standard)", recon["standard"]["ssim"]),
                   ("PSNR (reference conventions, dB)", recon["reference"]["psnr"]),
@@ -132,7 +116,7 @@ Scores by the deterministic shapes detector; "unconditional" scores one image pe
 guidance 0 (the model without its prompt: chance level); the AE ceiling scores the autoencoder's own
 reconstructions of held-out ground-truth renders.</p>
 <h2>Shapes scores</h2><table><tr><th>task</th><th>generated</th><th>unconditional</th><th>AE ceiling</th></tr>
-{score_rows}</table>
+{score_rows}</table><img src="report/scores.png" alt="shapes scores per task">
 <h2>Reconstruction</h2>{_table(recon_rows)}<img src="report/recon_grid.png" alt="originals over reconstructions">
 <h2>Training</h2><img src="report/ae_loss.png" alt="AE loss"><img src="report/ar_loss.png" alt="AR loss">
 {_table([("AE steps", metrics['train_ae'].get('steps')), ("AE final loss", metrics['train_ae'].get('last_loss')),

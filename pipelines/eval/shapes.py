@@ -8,7 +8,9 @@ import json
 from PIL import Image
 
 from vgt import io as vio
+from vgt import plots
 from vgt.eval.shapes import caption, eval_prompts, score_images, summarize
+from vgt.eval.shapes.score import SCORES
 
 from .http import HttpStats, fetch_images
 from .actors import generate
@@ -25,7 +27,8 @@ def shapes_eval(model: str, n: int = 4, seed: int = 0, sample: dict | None = Non
     A URL gets `parallel` HTTP requests in flight; a folder runs on `concurrency` Ray Data generator
     actors (`batch_size` images per batch, `num_gpus` each).
 
-    With `out`: images as OUT/images/<prompt>-<sample>.png and OUT/shapes.json (summary + per image).
+    With `out`: images as OUT/images/<prompt>-<sample>.png, OUT/shapes.json (summary + per image) and
+    OUT/shapes.png (score bars per task).
     """
     specs = eval_prompts()
     prompts = [caption(s) for s in specs]
@@ -50,4 +53,6 @@ def shapes_eval(model: str, n: int = 4, seed: int = 0, sample: dict | None = Non
             vio.write_bytes(vio.join(out, record["image"]), pngs[key])
         vio.write_bytes(vio.join(out, "shapes.json"), json.dumps({"summary": summary, "images": records},
                                                                    indent=1).encode())
+        bars = plots.score_bars({model: summary}, SCORES, f"Shapes scores, {len(records)} images")
+        vio.write_bytes(vio.join(out, "shapes.png"), plots.png(bars))
     return summary

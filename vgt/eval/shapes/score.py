@@ -17,6 +17,7 @@ from .vocab import PromptSpec, caption
 
 ATTRIBUTES = ("colour", "count", "shape", "position")
 TASKS = ATTRIBUTES + ("two_object",)
+SCORES = [*TASKS, "single_all", "overall"]  # what `summarize` reports, in the order tables and plots show it
 
 
 def _in_half(d: Detection, position: str) -> bool:
