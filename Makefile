@@ -8,7 +8,7 @@ WHEELS    ?= $(shell $(PY) -m pip config get global.find-links 2>/dev/null || ec
 TORCH     ?= torch==2.13.0
 STAMP     := $(VENV)/.installed
 
-.PHONY: venv test test-fast demo bench gpu-bundle gpu-check clean
+.PHONY: venv test test-fast demo bench gpu-bundle gpu-check chromium clean
 
 $(STAMP): pyproject.toml
 	test -x $(VPY) || $(PY) -m venv $(VENV)
@@ -20,6 +20,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 venv: $(STAMP)
+
+# Debian's headless Chromium for the playground's browser test (tests/test_serve_openai.py drives it with
+# Playwright at /usr/bin/chromium); as root or through sudo.
+chromium:
+	test -x /usr/bin/chromium || { $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -q && \
+	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -q chromium; }
 
 test: $(STAMP)
 	$(VPY) -m pytest -q $(PYTEST_ARGS)

@@ -112,6 +112,23 @@ async def sustained(url: str, until, concurrency: int = 8) -> list[httpx.Respons
     return responses
 
 
+async def behind_a_long_request(url: str, bodies: list[dict]) -> list[httpx.Response]:
+    """POST `bodies` together while the sampler computes a long request, so they queue and share its
+    next batch by construction (batches take what is queued; no wait for company)."""
+    from ray import serve
+
+    sampler = serve.get_deployment_handle("ARSampler", "vgt")
+    async with httpx.AsyncClient(timeout=180, headers={"Authorization": f"Bearer {KEY}"}) as client:
+        long = asyncio.ensure_future(client.post(f"{url}/v1/images/generations",
+                                                 json={"prompt": PROMPT, "n": 4, "num_steps": 100}))
+        while (await asyncio.to_thread(lambda: sampler.stats.remote().result()))["running"] == 0:
+            assert not long.done(), "the long request finished before the others were sent"
+            await asyncio.sleep(0.02)
+        responses = await asyncio.gather(*(client.post(f"{url}/v1/images/generations", json=b) for b in bodies))
+        assert (await long).status_code == 200
+    return list(responses)
+
+
 def replicas(deployment: str) -> int:
     from ray import serve
 
@@ -211,10 +228,7 @@ def test_requests_with_different_settings_share_a_batch_correctly(service):
     url = service["url"]
     a, b = {"prompt": PROMPT, "seed": 3, "num_steps": 2}, {"prompt": "a blue ball", "seed": 4, "num_steps": 6}
     alone = [post(url, a).json()["data"], post(url, b).json()["data"]]
-    for _ in range(5):  # until both land in one sampler batch
-        together = asyncio.run(load(url, [a, b], concurrency=2))
-        if all(r.headers["x-vgt-sampler-batch"] == "2" for r in together):
-            break
+    together = asyncio.run(behind_a_long_request(url, [a, b]))
     assert [r.headers["x-vgt-sampler-batch"] for r in together] == ["2", "2"]
     # Each group samples exactly as alone; the decoder may then batch the two images together or
     # not (timing), and CPU convolutions are not batch-invariant: within one uint8 level (README

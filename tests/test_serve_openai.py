@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
+import time
 
 import httpx
 import pytest
@@ -86,3 +87,99 @@ def test_openapi_describes_the_request_body_with_its_limits(service):
     assert props["output_format"]["anyOf"][0]["enum"] == ["png", "jpeg", "webp"]
     assert props["num_steps"]["anyOf"][0]["maximum"] == 100
     assert {"400", "401", "404", "503"} <= set(route["responses"]) and "422" not in route["responses"]
+
+
+def test_openai_client_streams_partial_and_completed_images(service):
+    import openai
+
+    client = openai.OpenAI(base_url=f"{service['url']}/v1", api_key=KEY, max_retries=0)
+    settings = {"seed": 5, "parallel_tokens": 4, "num_steps": 2}  # 16 tokens in 4 groups
+    events = list(client.images.generate(model="tiny", prompt=PROMPT, n=2, stream=True, partial_images=2,
+                                         output_format="png", extra_body=settings))
+    partial = [e for e in events if e.type == "image_generation.partial_image"]
+    completed = [e for e in events if e.type == "image_generation.completed"]
+    assert len(events) == 6 and events[-2:] == completed  # 2 previews x 2 images, then the 2 images
+    assert [e.partial_image_index for e in partial] == [0, 0, 1, 1]
+    assert all((e.size, e.quality, e.background, e.output_format) == ("112x112", "auto", "opaque", "png")
+               for e in events)
+    assert completed[0].usage.output_tokens == 32
+    # The completed images are the non-streaming request's (same seed: same latents; one decoder level).
+    plain = post(service["url"], {"prompt": PROMPT, "n": 2, **settings}).json()["data"]
+    for event, want in zip(completed, plain):
+        assert abs(pixels(event.b64_json).astype(int) - pixels(want["b64_json"]).astype(int)).max() <= 1
+    # A preview is the image with the tokens not sampled yet at zero: it differs from the final one.
+    assert abs(pixels(partial[0].b64_json).astype(int) - pixels(completed[0].b64_json).astype(int)).max() > 1
+
+
+def test_stream_reports_token_progress_in_comments(service):
+    body = {"prompt": PROMPT, "stream": True, "seed": 1, "parallel_tokens": 4, "num_steps": 2}
+    with httpx.stream("POST", f"{service['url']}/v1/images/generations", json=body, timeout=120,
+                      headers={"Authorization": f"Bearer {KEY}"}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        lines = [line for line in r.iter_lines() if line]
+    assert [line for line in lines if line.startswith(":")] == [f": progress {t}/16 tokens" for t in (4, 8, 12, 16)]
+    assert lines[-2] == "event: image_generation.completed"
+    assert json.loads(lines[-1].removeprefix("data: "))["type"] == "image_generation.completed"
+
+
+def test_a_streaming_client_that_leaves_stops_its_work(service):
+    from ray import serve
+
+    sampler = serve.get_deployment_handle("ARSampler", "vgt")
+    before = sampler.stats.remote().result()
+    body = {"prompt": PROMPT, "stream": True, "n": 4, "num_steps": 100, "parallel_tokens": 1}  # 16 long groups
+    with httpx.stream("POST", f"{service['url']}/v1/images/generations", json=body, timeout=120,
+                      headers={"Authorization": f"Bearer {KEY}"}) as r:
+        first = next(line for line in r.iter_lines() if line)
+        assert first == ": progress 1/16 tokens"  # computing; then the client goes away
+    deadline = time.monotonic() + 30
+    while sampler.stats.remote().result()["aborted"] == before["aborted"]:
+        assert time.monotonic() < deadline, "the sampler kept computing for a client that left"
+        time.sleep(0.2)
+    assert sampler.stats.remote().result()["cancelled"] > before["cancelled"]
+
+
+CHROMIUM = "/usr/bin/chromium"  # Debian's package (`make chromium`; .ci/run installs it when missing)
+
+
+def test_playground_in_a_real_browser(service, tmp_path):
+    """Headless Chromium loads `/`, generates with an API key (progress and a preview appear, then the
+    images with their settings and a download link), and shows a bad input's error as a sentence."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])
+        try:
+            page = browser.new_page(viewport={"width": 1000, "height": 720})
+            page.goto(f"{service['url']}/")
+            page.fill("#key", KEY)
+            page.fill("#prompt", PROMPT)
+            for field, value in {"#n": "2", "#steps": "2", "#tokens": "4", "#seed": "3", "#partials": "1"}.items():
+                page.fill(field, value)
+            page.evaluate("""() => { window.seen = []; new MutationObserver(() => {
+                window.seen.push([document.getElementById('status').textContent,
+                                  document.querySelectorAll('.result.preview').length]);
+            }).observe(document.body, {childList: true, subtree: true, characterData: true}); }""")
+            page.click("#go")
+            page.wait_for_function("document.querySelectorAll('.result:not(.preview)').length == 2", timeout=60_000)
+            seen = page.evaluate("window.seen")
+            assert any(status == "tokens 8/16" for status, _ in seen)  # live progress from the stream
+            assert any(previews > 0 for _, previews in seen)  # a preview came before the images
+            assert page.eval_on_selector("#progress", "e => [e.value, e.max]") == [16, 16]
+            captions = page.locator(".result .caption").all_inner_texts()
+            assert all("seed 3" in c and "steps 2" in c and "tokens/step 4" in c for c in captions)
+            href = page.get_attribute(".result a.download", "href")
+            served = post(service["url"], {"prompt": PROMPT, "n": 2, "seed": 3, "num_steps": 2,
+                                           "parallel_tokens": 4}).json()["data"]
+            got = pixels(href.split(",", 1)[1]).astype(int)
+            assert min(abs(got - pixels(d["b64_json"]).astype(int)).max() for d in served) <= 1
+            page.screenshot(path=str(tmp_path / "playground.png"))
+            # A bad input: the service's error as a readable sentence, nothing added.
+            page.fill("#size", "999x999")
+            page.click("#go")
+            page.wait_for_function("document.getElementById('error').textContent.length > 0", timeout=30_000)
+            error = page.inner_text("#error")
+            assert error == "400 size '999x999' is not supported; supported sizes: ['112x112', 'auto'] (parameter size)"
+            assert page.locator(".result").count() == 2
+        finally:
+            browser.close()

@@ -33,7 +33,7 @@ import math
 import re
 import secrets
 from dataclasses import dataclass, field
-from typing import Any, Literal, Optional
+from typing import Any, Callable, Literal, Optional
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -205,12 +205,22 @@ class SampleJob:
     output_format: str = "png"
     output_compression: int | None = None  # JPEG/WebP quality; None = encode_image's default
     quality: str = "auto"  # as reported back (QUALITY_NAMES applied)
+    partial_images: int = 0  # previews a streaming request wants (`partial_groups`)
     request_id: str = ""
     model: str = ""  # the served model it asks for (multiplexed serving routes by it)
     cancelled: bool = False  # set inside the replica when the caller goes away
+    # Set inside the sampler replica for a streaming request: gets progress and preview events.
+    listener: Optional[Callable[[dict], None]] = field(default=None, compare=False, repr=False)
 
     def key(self) -> tuple:
         return (self.width, self.height, self.guidance_scale, self.num_steps, self.parallel_tokens)
+
+
+def partial_groups(groups: int, partial_images: int) -> list[int]:
+    """After which of `groups` token groups (1-based) a request wanting `partial_images` previews gets
+    them: evenly spread, never after the last (that is the final image), so a short generation gives
+    fewer, as OpenAI's may."""
+    return sorted({math.ceil(i * groups / (partial_images + 1)) for i in range(1, partial_images + 1)} - {groups})
 
 
 def parse_size(size: str) -> tuple[int, int]:
@@ -272,6 +282,7 @@ def to_job(req: ImageRequest, limits: Limits, info: ModelInfo, request_id: str =
     job = SampleJob(
         prompt=prompt, n=n, width=width, height=height, grid=grid, output_format=req.output_format or "png",
         output_compression=req.output_compression, quality=QUALITY_NAMES.get(quality, quality),
+        partial_images=(req.partial_images or 0) if req.stream else 0,
         seed=secrets.randbelow(2**31) if req.seed is None else req.seed,
         guidance_scale=settings.guidance_scale, num_steps=settings.num_steps,
         parallel_tokens=settings.parallel_tokens, request_id=request_id)

@@ -13,6 +13,7 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import json
 import logging
 import os
 import time
@@ -21,7 +22,7 @@ from functools import lru_cache
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from ray import serve
 
 from .api import (ApiError, ImageRequest, ImagesResponse, Limits, ModelInfo, openapi_limits, to_job, usage,
@@ -30,6 +31,8 @@ from .metrics import metrics
 
 log = logging.getLogger("ray.serve")
 HEALTH_TIMEOUT_S = 2.0  # /healthz answers 503 "loading" when a model deployment takes longer
+with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "playground.html"), encoding="utf-8") as _f:
+    PLAYGROUND = _f.read()
 app = FastAPI(title="vgt image generation", version="1")
 _ERROR = {"description": "OpenAI's error object", "content": {"application/json": {"schema": {
     "type": "object", "required": ["error"], "properties": {"error": {
@@ -73,6 +76,20 @@ async def _invalid_request(request: Request, err: RequestValidationError) -> JSO
         return await _api_error(request, api_err)
 
 
+async def _opened(events):
+    """A streaming handle call whose first event ("queued") has arrived: admitted by the sampler."""
+    await events.__anext__()
+    return events
+
+
+def _sse(event: str, data: dict) -> str:
+    return f"event: {event}\ndata: {json.dumps({'type': event, **data})}\n\n"
+
+
+def _b64(image: bytes) -> str:
+    return base64.b64encode(image).decode()
+
+
 @serve.deployment(name="Ingress")
 @serve.ingress(app)
 class Ingress:
@@ -103,10 +120,17 @@ class Ingress:
             info = await self._model_info(body.model)
             job = to_job(body, self.limits, info, rid)
             job.model = info.id  # routes the sampler and decoder calls (multiplexed serving)
-            sampled = await self._call("sampler", retries, self._sampler(job.model).sample, job)
-            images = await self._call("decoder", retries, self._decoder(job.model).decode,
-                                      {"latents": sampled["latents"], "output_format": job.output_format,
-                                       "output_compression": job.output_compression})
+            headers = {"x-vgt-seed": str(job.seed)}
+            if body.ignored():
+                headers["x-vgt-ignored-params"] = ",".join(body.ignored())
+            if body.stream:
+                events = await self._call("sampler", retries, lambda: _opened(
+                    self._sampler(job.model).options(stream=True).sample_stream.remote(job)))
+                status = 200  # from here on the stream's own end is recorded
+                return StreamingResponse(self._stream(events, job, start), media_type="text/event-stream",
+                                         headers={**headers, "cache-control": "no-cache"})
+            sampled = await self._call("sampler", retries, lambda: self._sampler(job.model).sample.remote(job))
+            images = await self._decode(job, sampled["latents"], retries)
             status = 200
         except ApiError as err:
             status = err.status
@@ -119,16 +143,61 @@ class Ingress:
             raise ApiError(500, f"internal error while generating (request id {rid})",
                            code="internal_error", kind="server_error") from None
         finally:
-            self._record(rid, status, start, job)
-        headers = {"x-vgt-seed": str(job.seed), "x-vgt-sampler-batch": str(sampled["batch_images"]),
-                   "x-vgt-retries": str(len(retries))}
-        if body.ignored():
-            headers["x-vgt-ignored-params"] = ",".join(body.ignored())
-        return JSONResponse(
-            {"created": int(time.time()), "data": [{"b64_json": base64.b64encode(b).decode()} for b in images],
-             "background": "opaque", "output_format": job.output_format, "quality": job.quality,
-             "size": f"{job.width}x{job.height}", "usage": usage(job), "seed": job.seed},
-            headers=headers)
+            if not (status == 200 and body.stream):
+                self._record(rid, status, start, job)
+        headers.update({"x-vgt-sampler-batch": str(sampled["batch_images"]), "x-vgt-retries": str(len(retries))})
+        return JSONResponse({"created": int(time.time()), "data": [{"b64_json": _b64(b)} for b in images],
+                             **self._described(job), "usage": usage(job), "seed": job.seed}, headers=headers)
+
+    async def _stream(self, events, job, start: float):
+        """Server-sent events as OpenAI streams images: `image_generation.partial_image` per preview and
+        image, `image_generation.completed` per image; token progress in SSE comment lines (which
+        SDKs skip); an error as an `error` event. Leaving mid-stream cancels the sampler call."""
+        status = 500
+        try:
+            async for event in events:
+                if event["type"] == "progress":
+                    yield f": progress {event['tokens']}/{event['of']} tokens\n\n"
+                elif event["type"] == "partial":
+                    for image in await self._decode(job, event["latents"], []):
+                        yield _sse("image_generation.partial_image", {
+                            "b64_json": _b64(image), "partial_image_index": event["index"], **self._described(job),
+                            "created_at": int(time.time())})
+                elif event["type"] == "done":
+                    for image in await self._decode(job, event["latents"], []):
+                        yield _sse("image_generation.completed", {
+                            "b64_json": _b64(image), **self._described(job), "usage": usage(job),
+                            "created_at": int(time.time())})
+            status = 200
+        except asyncio.CancelledError:
+            status = 499
+            raise
+        except Exception as err:  # after the 200 header: the error goes in the stream, as OpenAI's
+            api_err = err if isinstance(err, ApiError) else ApiError(
+                500, f"internal error while generating (request id {job.request_id})", code="internal_error",
+                kind="server_error")
+            if not isinstance(err, ApiError):
+                log.exception("request %s failed mid-stream", job.request_id)
+            status = api_err.status
+            yield _sse("error", api_err.body())
+        finally:
+            events.cancel()  # no-op once exhausted; else the client left: the sampler stops its group
+            self._record(job.request_id, status, start, job)
+
+    async def _decode(self, job, latents, retries: list) -> list[bytes]:
+        return await self._call("decoder", retries, lambda: self._decoder(job.model).decode.remote(
+            {"latents": latents, "output_format": job.output_format, "output_compression": job.output_compression}))
+
+    @staticmethod
+    def _described(job) -> dict:
+        """The fields OpenAI's image responses and events describe an image with."""
+        return {"background": "opaque", "output_format": job.output_format, "quality": job.quality,
+                "size": f"{job.width}x{job.height}"}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def playground(self) -> HTMLResponse:
+        """The web playground (playground.html): it calls this service's API from the browser."""
+        return HTMLResponse(PLAYGROUND)
 
     @app.get("/v1/models")
     async def models(self, _auth: None = Depends(authorize)) -> dict:
@@ -166,7 +235,7 @@ class Ingress:
             raise ApiError(404, f"the model {name!r} does not exist; this server serves {sorted(self.models)}",
                            "model", "model_not_found")
         if name not in self._info:
-            info = await self._call("sampler", [], self._sampler(name).info)
+            info = await self._call("sampler", [], lambda: self._sampler(name).info.remote())
             for size in info.allowed_sizes(self.limits):
                 info.check_size(size)
             self._info[name] = info
@@ -178,15 +247,15 @@ class Ingress:
     def _decoder(self, name: str):
         return self.decoder if self.models is None else self.decoder.options(multiplexed_model_id=self.models[name])
 
-    async def _call(self, stage: str, retries: list, method, *args):
-        """One handle call, retried once if its replica died (generation is idempotent given the seed);
-        a retry is appended to `retries`."""
+    async def _call(self, stage: str, retries: list, call):
+        """`await call()` (one handle call), retried once if its replica died (generation is idempotent
+        given the seed); a retry is appended to `retries`."""
         from ray.exceptions import RayActorError
         from ray.serve.exceptions import BackPressureError, ReplicaUnavailableError
 
         for attempt in (1, 2):
             try:
-                return await method.remote(*args)
+                return await call()
             except BackPressureError as err:
                 raise ApiError(503, f"the {stage} queue is full; retry in {self.retry_after_s}s ({err})",
                                code="overloaded", kind="server_error",

@@ -14,7 +14,7 @@ from typing import Callable
 
 import numpy as np
 
-from .api import Cancelled, ModelInfo, SampleJob
+from .api import Cancelled, ModelInfo, SampleJob, partial_groups
 
 log = logging.getLogger("ray.serve")
 STRIDE = 28  # pixels per latent token side: every backbone's vision tower (patch 14 x merge 2)
@@ -74,21 +74,35 @@ class SamplerModel:
         """Latents [sum n, C, h, w] (fp32) for jobs of equal settings; raises Cancelled once `stop()`.
         Image i of a job uses `image_generator(seed, i)`, as `VGTPipeline(..., seed=seed)` does; the
         settings a job does not carry come from the folder's config.sample, as in VGTPipeline."""
+        from vgt.ar.queries import group_sizes
         from vgt.ar.sampling import image_generator, sample_latents
 
         first = jobs[0]
-        settings = self.config.sample.resolve(num_tokens=first.grid[0] * first.grid[1],
-                                              guidance_scale=first.guidance_scale, num_steps=first.num_steps,
-                                              parallel_tokens=first.parallel_tokens)
+        tokens = first.grid[0] * first.grid[1]
+        settings = self.config.sample.resolve(num_tokens=tokens, guidance_scale=first.guidance_scale,
+                                              num_steps=first.num_steps, parallel_tokens=first.parallel_tokens)
+        done_tokens = np.cumsum(group_sizes(tokens, settings.parallel_tokens)).tolist()
+        groups = len(done_tokens)
+        listening = [j for j in jobs if j.listener is not None]  # streaming requests
+        previews = {id(j): partial_groups(groups, j.partial_images) for j in listening}
+        starts = np.cumsum([0] + [j.n for j in jobs]).tolist()
 
         def progress(done: int, total: int) -> None:
             if stop():
                 raise Cancelled(f"stopped after {done}/{total} groups")
+            for job in listening:
+                job.listener({"type": "progress", "tokens": done_tokens[done - 1], "of": tokens})
+
+        def preview(done: int, latents) -> None:
+            for k, job in enumerate(jobs):
+                if done in previews.get(id(job), ()):
+                    job.listener({"type": "partial", "index": previews[id(job)].index(done),
+                                  "latents": latents[starts[k]:starts[k + 1]].cpu().numpy()})
 
         latents = sample_latents(
             self.model, [j.prompt for j in jobs for _ in range(j.n)],
             [image_generator(j.seed, i) for j in jobs for i in range(j.n)], first.grid, **settings.as_kwargs(),
-            progress=progress)
+            progress=progress, preview=preview, preview_after=set().union(*previews.values()))
         return latents.float().cpu().numpy()
 
 

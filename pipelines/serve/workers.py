@@ -21,7 +21,9 @@ from .metrics import metrics
 
 log = logging.getLogger("ray.serve")
 
-DEFAULT_BATCH = {"max_batch_size": 8, "batch_wait_timeout_s": 0.05}
+# No wait for company: a batch takes what is queued when the previous one ends, so a lone request
+# starts at once and under load batches fill by themselves while the previous batch computes.
+DEFAULT_BATCH = {"max_batch_size": 8, "batch_wait_timeout_s": 0.0}
 
 
 class BatchingReplica:
@@ -105,6 +107,30 @@ class ARSampler(BatchingReplica):
     async def sample(self, job: SampleJob) -> dict:
         """One request -> {"latents": float32 [n, C, h, w], "batch_images": images in its batch}."""
         return await self._submit(job)
+
+    async def sample_stream(self, job: SampleJob):
+        """`sample` for a streaming request: yields {"type": "queued"} at once, {"type": "progress",
+        "tokens", "of"} after each token group, {"type": "partial", "index", "latents"} for its
+        previews, then `sample`'s dict with "type": "done". A caller that goes away cancels the job
+        as in `sample`."""
+        loop, events = asyncio.get_running_loop(), asyncio.Queue()
+        job.listener = lambda event: loop.call_soon_threadsafe(events.put_nowait, event)
+        result = asyncio.ensure_future(self._submit(job))
+        try:
+            yield {"type": "queued"}  # at once: the caller knows it was admitted (or gets back-pressure)
+            while not result.done():
+                event = asyncio.ensure_future(events.get())
+                await asyncio.wait({event, result}, return_when=asyncio.FIRST_COMPLETED)
+                if event.done():
+                    yield event.result()
+                else:
+                    event.cancel()
+            await asyncio.sleep(0)  # events the worker thread queued before it finished
+            while not events.empty():
+                yield events.get_nowait()
+            yield {"type": "done", **result.result()}
+        finally:
+            result.cancel()  # no-op when done; else the caller left: the job is marked cancelled
 
     @serve.batch(**DEFAULT_BATCH)
     async def _batched(self, jobs: list[SampleJob]) -> list[dict]:

@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Callable
+from typing import Callable, Collection
 
 import torch
 import torch.nn.functional as F
@@ -138,13 +138,17 @@ class Rollout:
 def sample_latents(model, prompts: list[str], generators: list[torch.Generator], grid: tuple[int, int], *,
                    guidance_scale: float, cfg_schedule: str, num_steps: int, parallel_tokens: int, order: str,
                    sampler: str, feed_mode: str, use_cache: bool = True,
-                   progress: Callable[[int, int], None] | None = None, stats: dict | None = None) -> torch.Tensor:
+                   progress: Callable[[int, int], None] | None = None, stats: dict | None = None,
+                   preview: Callable[[int, torch.Tensor], None] | None = None,
+                   preview_after: Collection[int] = ()) -> torch.Tensor:
     """Captions -> normalised latents [N, C, h, w] (fp32), one generator per caption.
 
     Every sampling setting is required (no defaults here): callers resolve them against a pipeline
     folder's `config.sample` with `SampleConfig.resolve(...)` and pass `.as_kwargs()`.
     `guidance_scale == 1` runs without the unconditional rows. `stats`, when given, receives
-    llm_forwards, llm_tokens (per row), llm_seconds and head_seconds.
+    llm_forwards, llm_tokens (per row), llm_seconds and head_seconds. `preview(g, latents)` is
+    called after each group g (1-based) in `preview_after` with a copy of the latents so far
+    [N, C, h, w] (zeros where not sampled yet): partial images for streaming clients.
     """
     _require(guidance_scale=guidance_scale, cfg_schedule=cfg_schedule, num_steps=num_steps,
              parallel_tokens=parallel_tokens, order=order, sampler=sampler, feed_mode=feed_mode)
@@ -173,6 +177,8 @@ def sample_latents(model, prompts: list[str], generators: list[torch.Generator],
             out.scatter_(1, idx[..., None].expand_as(z), z)
             if g + 1 < len(sizes):
                 roll.advance(z.repeat(2, 1, 1) if guided else z)
+            if preview is not None and g + 1 in preview_after:
+                preview(g + 1, grid_of(out, h, w).float().clone())
             if progress is not None:
                 progress(g + 1, len(sizes))
     if stats is not None:
