@@ -41,7 +41,25 @@ def run_training(args: argparse.Namespace, stage: str, stage_key: str, ae: str |
     if args.num_workers is not None:
         ray_overrides.append(f"num_workers={args.num_workers}")
     cfg = get_preset(args.preset, model_overrides)
+    if stage == "ar":
+        check_lora(getattr(cfg.train, stage_key).lora, stage_key, getattr(args, "init", None))
     ray_cfg = ray_train_config(ray_overrides)
     defer_ray(args.address)  # Ray starts after the inputs are checked
     return train(stage, stage_key, cfg, [d for d in args.data if d not in moved], args.out, ray_cfg,
                  steps=args.steps, init=getattr(args, "init", None), ae=ae, default_strategy_gpu=default_strategy_gpu)
+
+
+def check_lora(lora, stage_key: str, init: str | None) -> None:
+    """LoRA settings a worker would refuse, refused here before Ray starts (one line)."""
+    from ray_jobs._entry import UserError
+    from vgt.ar.lora import peft_config
+
+    if not lora.enabled:
+        return
+    try:
+        peft_config(lora)
+    except ValueError as err:
+        raise UserError(f"train.{stage_key}.lora: {err}") from err
+    if lora.export == "adapter" and init is None:
+        raise UserError(f"train.{stage_key}.lora.export=adapter needs --init PIPELINE_DIR: the base pipeline "
+                        "the adapter loads onto")

@@ -151,6 +151,19 @@ def test_zero_b_is_the_base_model_and_only_adapters_head_queries_projections_tra
     assert not any(n.startswith("llm.") and ".lora_" not in n for n in moved)
 
 
+def test_cli_refuses_bad_lora_settings_before_ray(base, data, tmp_path, capsys):
+    from ray_jobs.cli import main
+
+    argv = ["train-ar", "--preset", "tiny", "--stage", "pretrain", "--ae", os.path.join(base, "ae"), "--data", data,
+            "--out", str(tmp_path / "run"), "--set", "train.ar_pretrain.lora.rank=4"]
+    for extra, words in ((["train.ar_pretrain.lora.export=adapter"], "lora.export=adapter needs --init"),
+                         (["train.ar_pretrain.lora.export=both"], "lora.export must be 'merged' or 'adapter'")):
+        assert main(argv + extra) == 2  # a bad setting is a usage error, as a bad override
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and words in err[0], err
+    assert not os.path.exists(tmp_path / "run")
+
+
 def test_info_shows_lora_beside_full_tuning(capsys):
     from ray_jobs.cli import main
 
