@@ -28,7 +28,10 @@ held-out prompts x 1 image with the preset's `sample` settings (image i draws fr
 `image_generator(--seed, i)`), which are decoded and scored; OUT/samples.png holds the last mark's
 samples in prompt order. The AR stage also scores as many in-distribution prompts (training-split
 combinations of the same kinds, a fixed draw; seed `--seed` + 1), reported as `in_dist_*`: the gap
-between the two says whether the generator under-fits (both low) or fails to generalise. OUT is a run folder (metrics.jsonl, export/: the AE or pipeline folder).
+between the two says whether the generator under-fits (both low) or fails to generalise. It also
+probes how much the EMA model relies on each word (`vgt.eval.shapes.reliance` on the first 128
+training rows: the flow loss with one colour / count / shape / position word swapped, or the empty
+prompt, over the loss with the right caption), reported as `reliance_*`. OUT is a run folder (metrics.jsonl, export/: the AE or pipeline folder).
 
 Output: one JSON line per mark on stdout ({"stage", "cpu_min", "step", "images_seen", ["psnr",]
 colour, count, shape, position, two_object, single_all, overall}), then the same marks as markdown
