@@ -128,9 +128,11 @@ def test_counts_of_real_preset_reuse_vlm_parts():
 
 
 def test_memory_formula():
-    counts = {"ae": 10, "ae.encoder": 4, "ar": 100}
+    counts = {"ae": 10, "ae.encoder": 4, "ar": 100, "ar.llm": 60, "ar.lora": 3}
     mem = estimate_train_memory(None, counts)
     # AE: 2 B bf16 for trainable + teacher, then 2 (grad) + 4 (master) + 8 (AdamW) per trainable
     assert mem["ae"]["total_bytes"] == 2 * (10 + 4) + (2 + 4 + 8) * 10
     assert mem["ar"]["total_bytes"] == 2 * (100 + 10) + (2 + 4 + 8) * 100
     assert mem["ar"]["total_gib"] == mem["ar"]["total_bytes"] / 2**30
+    # LoRA: the LLM joins the frozen weights; its adapters, the head, queries and projections train
+    assert mem["ar_lora"]["total_bytes"] == 2 * (43 + 10 + 60) + (2 + 4 + 8) * 43
