@@ -27,7 +27,7 @@ chromium:
 	test -x /usr/bin/chromium || { $(if $(filter 0,$(shell id -u)),,sudo) apt-get update -q && \
 	  $(if $(filter 0,$(shell id -u)),,sudo) apt-get install -y -q chromium; }
 
-test: $(STAMP)
+test: $(STAMP) chromium
 	$(VPY) -m pytest -q $(PYTEST_ARGS)
 
 # No Ray cluster and no full demo: the unit and CLI tests, a couple of minutes on 2 cores.
