@@ -177,8 +177,7 @@ def _last_record(uri: str) -> dict | None:
 # The demo is a throughput client (8 requests in flight): a batch that waits a moment for company
 # fills. cluster/serve.yaml's no-wait default (lowest latency for a lone request) took 35.4 s
 # for 96 of these requests against 17.0 s with these waits (one run, the quality test's model).
-THROUGHPUT_BATCHING = {"ARSampler": {"max_batch_size": 8, "batch_wait_timeout_s": 0.05},
-                       "AEDecoder": {"max_batch_size": 16, "batch_wait_timeout_s": 0.02}}
+BATCH_WAIT_S = {"ARSampler": 0.05, "AEDecoder": 0.02}
 
 
 def serve_model(model: str) -> str:
@@ -186,16 +185,19 @@ def serve_model(model: str) -> str:
     free loopback port; its URL."""
     import socket
 
-    from pipelines.serve.config import DEFAULT_CONFIG, deploy, load_config, placement_overrides, with_overrides
+    from pipelines.serve.config import (DEFAULT_CONFIG, app_of, deploy, load_config, placement_overrides,
+                                        with_overrides)
 
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    base = load_config(DEFAULT_CONFIG)
     deployments = placement_overrides("auto")
-    for name, batching in THROUGHPUT_BATCHING.items():
-        deployments[name] = {**deployments.get(name, {}), "user_config": batching}
-    config = with_overrides(load_config(DEFAULT_CONFIG), model=model, host="127.0.0.1", port=port,
-                            deployments=deployments)
+    for d in app_of(base)["deployments"]:  # the config's batch sizes, the demo's waits
+        if d["name"] in BATCH_WAIT_S:
+            batching = {**d["user_config"], "batch_wait_timeout_s": BATCH_WAIT_S[d["name"]]}
+            deployments[d["name"]] = {**deployments.get(d["name"], {}), "user_config": batching}
+    config = with_overrides(base, model=model, host="127.0.0.1", port=port, deployments=deployments)
     return deploy(config, timeout_s=300)
 
 
