@@ -1,6 +1,7 @@
 """LoRA on the AR stage's LLM (peft): zero-init equivalence, which parameters train, exact resume with
 gradient accumulation + activation checkpointing + adapter dropout, merged export vs base + adapter folder,
-peft's own adapter format, a wrong base refused, and DDP / FSDP2 runs on 2 Ray Train workers (gloo).
+peft's own adapter format, a wrong base refused, exact resume and the merged export under FSDP2 (one gloo rank), and
+an FSDP2 run on 2 Ray Train workers (gloo).
 
 The base is a random tiny pipeline folder (what `--init` names); the data 8 prepared gradient images
 written without Ray. In-process runs checkpoint through the loop's own `report` hook."""
@@ -256,6 +257,47 @@ def test_resume_is_bitwise_and_merged_export_equals_base_plus_adapter(base, data
     with pytest.raises(ArtifactError, match="was trained on a base pipeline with AR fingerprint"):
         load_adapter_pipeline(adapter_dir, base=other)
     assert read_adapter(adapter_dir).base.path == base
+
+
+def dcp_tensors(folder: str) -> dict[str, torch.Tensor]:
+    """Every tensor of an FSDP2 checkpoint folder's dcp/ shards (full tensors: one rank wrote them)."""
+    out = {}
+    for name in sorted(os.listdir(os.path.join(folder, "dcp"))):
+        if name.endswith(".safetensors"):
+            out.update(load_file(os.path.join(folder, "dcp", name)))
+    return out
+
+
+@pytest.mark.timeout(240)
+def test_fsdp2_resume_is_bitwise_and_merged_export_is_the_gathered_ema_merged(base, data, tmp_path):
+    """Under FSDP2 (one gloo rank: DTensor parameters, DCP checkpoints): 4 steps uninterrupted vs 2 + 2 resumed
+    from the step-2 DCP checkpoint, accumulation 2, activation checkpointing, adapter dropout: the same losses and
+    final checkpoint (weights, EMA, optimiser) bit for bit. The merged export is exactly `merge_state_dict` of the
+    full state dict (frozen weights + EMA of what trains) the last checkpoint holds. (Two ranks: the Ray test.)"""
+    from vgt.ar import lora
+    from vgt.pipeline import VGTPipeline
+
+    fsdp2 = WorkerEnv(strategy="fsdp2")
+    full, part = Checkpoints(str(tmp_path / "full-ckpt")), Checkpoints(str(tmp_path / "part-ckpt"))
+    with one_rank_gloo():
+        a = run_loop(spec(base, data, str(tmp_path / "full")), fsdp2, report=full)
+        run_loop(spec(base, data, str(tmp_path / "part"), **{"train.stop_at": 2}), fsdp2, report=part)
+        b = run_loop(spec(base, data, str(tmp_path / "part")), fsdp2, report=part,
+                     checkpoint=Resume(os.path.join(part.root, "step-00000002")))
+    la, lb = losses(a), losses(b)
+    assert sorted(la) == sorted(lb) == [1, 2, 3, 4] and all(la[s] == lb[s] for s in (3, 4))  # bitwise
+    ta, tb = (dcp_tensors(os.path.join(c.root, "step-00000004")) for c in (full, part))
+    assert sorted(ta) == sorted(tb) and all(torch.equal(ta[k], tb[k]) for k in ta)
+    assert {k.split(".")[0] for k in ta} == {"model", "ema", "optim"} and any(".lora_B." in k for k in ta)
+
+    state = {k[len("model.model."):]: v for k, v in ta.items() if k.startswith("model.model.")}
+    state.update({k[len("ema.model."):]: v for k, v in ta.items() if k.startswith("ema.model.")})
+    config = lora.peft_config(get_preset("tiny", LORA).train.ar_pretrain.lora)
+    expected = lora.merge_state_dict(state, config)
+    exported = VGTPipeline.from_pretrained(str(tmp_path / "part" / "export")).model.state_dict()
+    assert sorted(exported) == sorted(expected) and all(torch.equal(exported[k], expected[k]) for k in expected)
+    assert not torch.equal(expected["llm.model.layers.0.self_attn.q_proj.weight"],
+                           state["llm.model.layers.0.self_attn.q_proj.base_layer.weight"])  # B A folded in
 
 
 @pytest.mark.timeout(300)
