@@ -210,16 +210,19 @@ class MarkedRun:
         self.records.append(record)
 
 
-def train_marked(stage: str, stage_key: str, cfg, data: str, out: str, marks: list[float], steps: int | None,
-                 evaluate: Callable[[object], dict], ae: str | None = None) -> list[dict]:
-    """Run the engine's `stage` in this process until the last mark (or `steps`); one record per mark."""
+def train_marked(stage: str, stage_key: str, cfg, data: str | list[str], out: str, marks: list[float],
+                 steps: int | None, evaluate: Callable[[object], dict], ae: str | None = None,
+                 init: str | None = None, weights: list[float] | None = None) -> list[dict]:
+    """Run the engine's `stage` in this process until the last mark (or `steps`); one record per mark.
+    `data` is one prepared dataset or several mixed by `weights` (default equal); `init` a pipeline folder
+    to start from (as `--init`)."""
     from vgt.config import to_dict
     from vgt.train.distributed import WorkerEnv
     from vgt.train.loop import LoopSpec, run_loop
 
     stage_cfg = getattr(cfg.train, stage_key)
-    spec = LoopSpec(stage=stage, stage_key=stage_key, config=to_dict(cfg), data=[data], out=out,
-                    steps=steps or stage_cfg.steps, ae=ae)
+    spec = LoopSpec(stage=stage, stage_key=stage_key, config=to_dict(cfg), out=out, steps=steps or stage_cfg.steps,
+                    data=[data] if isinstance(data, str) else data, weights=weights or [], init=init, ae=ae)
     hook = MarkedRun(stage, marks, stage_cfg.batch_size * getattr(stage_cfg, "grad_accum", 1), evaluate)
     run_loop(spec, WorkerEnv(), after_step=hook)
     if len(hook.records) < len(marks):  # --steps ran out first: one record at the end
