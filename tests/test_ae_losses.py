@@ -12,8 +12,9 @@ from vgt.ae.convnext import ConvNeXt
 from vgt.ae.discriminator import BlurDownsample, LeCamEMA, NLayerDiscriminator, hinge_d_loss
 from vgt.ae.losses import (discriminator_loss, distill_mse, frozen_params, gan_active, generator_loss,
                            reconstruction_mse)
-from vgt.ae.perceptual import (LPIPS, LPIPS_SCALE, LPIPS_SHIFT, ConvNeXtLogitLoss, LPIPSHeads, PerceptualLoss,
-                               PerceptualWeightsError, load_strict)
+from vgt.ae.perceptual import (EFFNET_BLOCKS, LPIPS, LPIPS_SCALE, LPIPS_SHIFT, ConvNeXtLogitLoss,
+                               EfficientNetFeatureLoss, LPIPSHeads, PerceptualLoss, PerceptualWeightsError,
+                               load_strict)
 from vgt.ae.vgg import LPIPS_TAPS, VGG16Features
 from vgt.config import PerceptualConfig, TrainConfig
 
@@ -141,7 +142,8 @@ class _FixedPerceptual(nn.Module):
     """Stands in for PerceptualLoss with known term values that still depend on the recon."""
 
     def forward(self, x01, r01):
-        return {"lpips": (r01 - x01).abs().mean(), "convnext": (r01 - x01).pow(2).sum()}
+        return {"lpips": (r01 - x01).abs().mean(), "convnext": (r01 - x01).pow(2).sum(),
+                "effnet": (r01 - x01).pow(4).mean()}
 
 
 class _LinearD(nn.Module):
@@ -180,6 +182,52 @@ def test_generator_loss_assembly(stage):
     assert all(p.requires_grad for p in d.parameters())  # ... and unfrozen afterwards
 
 
+def test_effnet_term_is_weighted_in_when_set():
+    x, r = _images(11), _images(12)
+    fs = torch.zeros(1, 2, 3)
+    stage = dataclasses.replace(STAGE2, effnet_weight=0.0)
+    off = generator_loss(stage, 0, x, r, fs, fs, _FixedPerceptual(), None)
+    on = generator_loss(dataclasses.replace(stage, effnet_weight=0.5), 0, x, r, fs, fs, _FixedPerceptual(), None)
+    assert "effnet" not in off.terms
+    torch.testing.assert_close(on.total, off.total + 0.5 * (((r + 1) / 2 - (x + 1) / 2) ** 4).mean())
+
+
+def test_effnet_feature_loss_matches_its_definition():
+    """Unit-normalised early features (after blocks 0, 2, 4) of the packaged EfficientNet-Lite0, squared
+    difference summed over channels, averaged over positions, then over the three stages; the net is frozen
+    and the head path (the proxy Fréchet distance's features) is unchanged by the refactor."""
+    from torch.nn import functional as F
+
+    from vgt.eval.efficientnet_lite import load_pretrained
+
+    net = load_pretrained()
+    loss = EfficientNetFeatureLoss(net)
+    x = torch.rand(2, 3, 56, 56, generator=torch.Generator().manual_seed(0))
+    y = torch.rand(2, 3, 56, 56, generator=torch.Generator().manual_seed(1)).requires_grad_(True)
+
+    def stem_blocks(t):  # the network run by hand, keeping every block's output
+        h = F.relu6(net._bn0(net._conv_stem((t * 255.0 - 127.0) / 128.0)))
+        outs = []
+        for block in net._blocks:
+            h = block(h)
+            outs.append(h)
+        return outs
+
+    fx, fy = stem_blocks(x), stem_blocks(y)
+    unit = lambda f: f / (f.pow(2).sum(1, keepdim=True).sqrt() + 1e-10)  # noqa: E731
+    expected = sum((unit(fx[i]) - unit(fy[i])).pow(2).sum(1).mean() for i in EFFNET_BLOCKS) / len(EFFNET_BLOCKS)
+    value = loss(x, y)
+    torch.testing.assert_close(value, expected)
+    assert loss(x, x).item() == 0.0
+    value.backward()
+    assert y.grad is not None and y.grad.abs().sum() > 0
+    assert all(p.grad is None and not p.requires_grad for p in net.parameters())
+    with torch.no_grad():
+        head = F.relu6(net._bn1(net._conv_head(fx[-1]))).mean((2, 3))
+        torch.testing.assert_close(net(x), head)
+    assert PerceptualLoss.from_config(PerceptualConfig(), 0.0, 0.0, effnet_weight=0.1).effnet is not None
+
+
 def test_stage_weights_follow_the_spec_table():
     assert (STAGE1.distill_weight, STAGE2.distill_weight) == (1.0, 0.1)
     assert (STAGE1.disc_start, STAGE2.disc_start) == (30_000, 10_000)
@@ -190,7 +238,7 @@ def test_stage_weights_follow_the_spec_table():
 def test_zero_weights_need_no_perceptual_nets_or_discriminator():
     stage = dataclasses.replace(STAGE2, lpips_weight=0.0, convnext_weight=0.0, gan_weight=0.0)
     pl = PerceptualLoss.from_config(PerceptualConfig(), stage.lpips_weight, stage.convnext_weight)
-    assert pl.lpips is None and pl.convnext is None and not list(pl.parameters())
+    assert pl.lpips is None and pl.convnext is None and pl.effnet is None and not list(pl.parameters())
     x, r = _images(7), _images(8)
     out = generator_loss(stage, 10**6, x, r, torch.zeros(1, 2, 3), torch.ones(1, 2, 3), None, None)
     torch.testing.assert_close(out.total, reconstruction_mse(x, r) + stage.distill_weight * 1.0)

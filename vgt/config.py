@@ -226,6 +226,10 @@ class AEStageConfig:
     """Weight of the LPIPS (VGG16) loss; > 0 needs train.perceptual.vgg16_path and lpips_heads_path."""
     convnext_weight: float = 0.1
     """Weight of the ConvNeXt-S logit perceptual loss; > 0 needs train.perceptual.convnext_path."""
+    effnet_weight: float = 0.0
+    """Weight of the EfficientNet-Lite0 early-feature loss (`vgt.ae.perceptual.EfficientNetFeatureLoss`; its
+    weights ship in a pip package, so it works offline; not in the reference). The proxy Fréchet distance reads
+    that network's head, which this loss never sees."""
     gan_weight: float = 0.1
     """Weight of the adversarial (generator) loss, from `disc_start` on; 0 = no GAN term."""
     disc_start: int = 10_000

@@ -74,11 +74,13 @@ def generator_loss(stage, step: int, pixels: torch.Tensor, recon: torch.Tensor,
         weighted = {"mse": (stage.mse_weight, reconstruction_mse(pixels, recon))}
         if stage.distill_weight > 0:
             weighted["distill"] = (stage.distill_weight, distill_mse(student, teacher))
-        if stage.lpips_weight > 0 or stage.convnext_weight > 0:
+        perceptual_weights = (("lpips", stage.lpips_weight), ("convnext", stage.convnext_weight),
+                              ("effnet", stage.effnet_weight))
+        if any(w > 0 for _, w in perceptual_weights):
             if perceptual is None:
                 raise ValueError("perceptual weights are > 0 but no PerceptualLoss was given")
             terms = perceptual(x01, r01)
-            for name, w in (("lpips", stage.lpips_weight), ("convnext", stage.convnext_weight)):
+            for name, w in perceptual_weights:
                 if w > 0:
                     weighted[name] = (w, terms[name])
         if stage.gan_weight > 0 and gan_active(stage, step):

@@ -1,4 +1,5 @@
-"""Perceptual loss: LPIPS-VGG16 + ConvNeXt-S logit MSE (docs/reference.md §1.6), weights from local files.
+"""Perceptual losses: LPIPS-VGG16 + ConvNeXt-S logit MSE (docs/reference.md §1.6), weights from local files,
+and an EfficientNet-Lite0 feature term whose weights ship in a pip package (usable offline).
 
 Weight files are safetensors in torchvision's state-dict layout (`vgg16` features, `convnext_small`)
 plus the LPIPS linear heads (`lin{0..4}.model.1.weight`, the taming/lpips `vgg.pth` layout). The
@@ -18,6 +19,7 @@ from torch.nn import functional as F
 
 from .convnext import ConvNeXt
 from .vgg import LPIPS_CHANNELS, VGG16Features
+from vgt.eval import efficientnet_lite
 from vgt.errors import VGTError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -123,20 +125,47 @@ class ConvNeXtLogitLoss(nn.Module):
         return F.mse_loss(self.logits(x01), self.logits(y01))
 
 
+# After MBConv blocks 0, 2 and 4: the first three stages (16, 24, 40 channels at strides 2, 4, 8),
+# edge- and corner-level features. The proxy Fréchet distance (vgt.eval.frechet) reads the 1280-d
+# head after all 16 blocks, which this loss never sees, so the loss cannot game that measure.
+EFFNET_BLOCKS = (0, 2, 4)
+
+
+class EfficientNetFeatureLoss(nn.Module):
+    """Mean squared difference of channel-unit-normalised EfficientNet-Lite0 early features (LPIPS-style,
+    without learned heads) of two [0,1] images, at their own resolution, averaged over the three stages."""
+
+    def __init__(self, net: efficientnet_lite.EfficientNetLite0, blocks: tuple[int, ...] = EFFNET_BLOCKS):
+        super().__init__()
+        self.net, self.blocks = _frozen(net), blocks
+
+    @classmethod
+    def pretrained(cls) -> "EfficientNetFeatureLoss":
+        return cls(efficientnet_lite.load_pretrained())
+
+    def forward(self, x01: torch.Tensor, y01: torch.Tensor) -> torch.Tensor:
+        fx, fy = (self.net.block_outputs(t, self.blocks) for t in (x01, y01))
+        return torch.stack([(_unit_normalise(a) - _unit_normalise(b)).pow(2).sum(1).mean()
+                            for a, b in zip(fx, fy)]).mean()
+
+
 class PerceptualLoss(nn.Module):
     """Holds only the nets whose loss weight is > 0; `forward` returns the unweighted terms."""
 
-    def __init__(self, lpips: LPIPS | None = None, convnext: ConvNeXtLogitLoss | None = None):
+    def __init__(self, lpips: LPIPS | None = None, convnext: ConvNeXtLogitLoss | None = None,
+                 effnet: EfficientNetFeatureLoss | None = None):
         super().__init__()
-        self.lpips, self.convnext = lpips, convnext
+        self.lpips, self.convnext, self.effnet = lpips, convnext, effnet
 
     @classmethod
-    def from_config(cls, perceptual_cfg, lpips_weight: float, convnext_weight: float) -> "PerceptualLoss":
+    def from_config(cls, perceptual_cfg, lpips_weight: float, convnext_weight: float,
+                    effnet_weight: float = 0.0) -> "PerceptualLoss":
         """Build from `TrainConfig.perceptual` and a stage's weights; weight 0 builds nothing."""
         lpips = (LPIPS.from_files(perceptual_cfg.vgg16_path, perceptual_cfg.lpips_heads_path)
                  if lpips_weight > 0 else None)
         convnext = ConvNeXtLogitLoss.from_file(perceptual_cfg.convnext_path) if convnext_weight > 0 else None
-        return cls(lpips, convnext)
+        effnet = EfficientNetFeatureLoss.pretrained() if effnet_weight > 0 else None
+        return cls(lpips, convnext, effnet)
 
     def forward(self, x01: torch.Tensor, y01: torch.Tensor) -> dict[str, torch.Tensor]:
         terms = {}
@@ -144,4 +173,6 @@ class PerceptualLoss(nn.Module):
             terms["lpips"] = self.lpips(x01, y01).mean()
         if self.convnext is not None:
             terms["convnext"] = self.convnext(x01, y01)
+        if self.effnet is not None:
+            terms["effnet"] = self.effnet(x01, y01)
         return terms

@@ -76,12 +76,19 @@ class EfficientNetLite0(nn.Module):
         self._blocks = nn.ModuleList(blocks)
         self._conv_head, self._bn1 = _conv(320, FEATURE_DIM, 1), _bn(FEATURE_DIM)
 
-    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+    def block_outputs(self, pixels: torch.Tensor, indices: tuple[int, ...]) -> list[torch.Tensor]:
+        """Feature maps after the MBConv blocks `indices` (ascending), running no block past the last."""
         # The Lite models were trained on (x*255 - 127) / 128 (TF efficientnet-lite preprocessing).
-        x = (pixels * 255.0 - 127.0) / 128.0
-        x = F.relu6(self._bn0(self._conv_stem(x)))
-        for block in self._blocks:
+        x = F.relu6(self._bn0(self._conv_stem((pixels * 255.0 - 127.0) / 128.0)))
+        outputs = []
+        for i, block in enumerate(self._blocks[: indices[-1] + 1]):
             x = block(x)
+            if i in indices:
+                outputs.append(x)
+        return outputs
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        x = self.block_outputs(pixels, (len(self._blocks) - 1,))[0]
         x = F.relu6(self._bn1(self._conv_head(x)))
         return x.mean((2, 3))
 

@@ -61,8 +61,8 @@ class AEStage:
         self.disc = NLayerDiscriminator(hidden=s.disc_hidden)
         disc = distribute(self.disc, env)
         self.lecam = LeCamEMA(s.lecam_decay).to(env.device)
-        self.perceptual = PerceptualLoss.from_config(cfg.train.perceptual, s.lpips_weight,
-                                                     s.convnext_weight).to(env.device).eval()
+        self.perceptual = PerceptualLoss.from_config(cfg.train.perceptual, s.lpips_weight, s.convnext_weight,
+                                                     s.effnet_weight).to(env.device).eval()
         opt_g = adamw(param_groups(self.ae.named_parameters(), s.lr, s.weight_decay,
                                    lr_multipliers(self.ae, s), NO_DECAY_KEYWORDS), s.lr, s.betas)
         opt_d = adamw(param_groups(self.disc.named_parameters(), s.disc_lr, s.weight_decay,
