@@ -80,6 +80,22 @@ def test_in_distribution_prompts_are_training_combinations_of_the_benchmark_kind
     assert picked == calibrate.in_distribution_prompts()  # a fixed draw
 
 
+def test_every_learning_variant_changes_what_it_names_on_the_demo_preset():
+    from pipelines.bench import learning
+    from vgt.config import to_dict
+    from vgt.presets import get_preset
+
+    def flat(d, prefix=""):
+        return {k2: v2 for k, v in d.items()
+                for k2, v2 in (flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v}).items()}
+
+    base = flat(to_dict(get_preset("demo")))
+    for name, variant in learning.VARIANTS.items():
+        overrides = list(variant.ae + variant.ar)
+        changed = {k for k, v in flat(to_dict(get_preset("demo", overrides))).items() if base.get(k) != v}
+        assert changed == {o.split("=", 1)[0] for o in overrides}, name
+
+
 @pytest.mark.timeout(180)
 def test_learning_benchmark_quick_compares_variants_on_the_engine(tmp_path):
     from pipelines.bench import learning
