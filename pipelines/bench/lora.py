@@ -25,8 +25,9 @@ tuning's (`*_vs_full`: the issue's bar is >= 0.8) and its old-part overall over 
         [--base-steps 1000] [--tune-steps 400] [--lora RANK[:ALPHA[:LR]] ...] [--copies 16] [--old-copies 4]
         [--jobs 2] [--seed 0] [--set KEY=VALUE ...]
 
-RUN/base is reused when it holds a finished base (try more LoRA settings on the same base); the rows go to stdout
-(JSON lines, then a table) and RUN/results.json. `vgt bench lora` runs FULL on an AE it trains first (`calibrate
+A run folder holding a record.json (written when its run ends) is reused as it is: rerun with more `--lora` settings
+to add them on the same base (delete a record to train that run again). The rows go to stdout (JSON lines, then a
+table) and RUN/results.json. `vgt bench lora` runs FULL on an AE it trains first (`calibrate
 ae`, about 3.5 CPU-minutes); `--quick` runs the `tiny` preset on a random AE for a few CPU-seconds: the machinery
 (which weights train and change, the new word's loss falling in both tunings), not the figures.
 """
@@ -242,9 +243,14 @@ def base_llm(pipeline: str) -> dict[str, torch.Tensor]:
 def train_one(plan: Plan, label: str, overrides: list[str], ae: str, data: list[str], named: str, out: str,
               steps: int, init: str | None = None) -> dict:
     """One AR run of `steps` on `data` in this process (from the pipeline `init`, else from scratch), evaluated at
-    its end (`named`: the renders naming the word); its record with cost figures."""
+    its end (`named`: the renders naming the word); its record with cost figures, also kept as OUT/record.json,
+    which a later call returns instead of training again."""
     from vgt.presets import get_preset
 
+    saved = os.path.join(out, "record.json")
+    if os.path.exists(saved):
+        with open(saved) as f:
+            return json.load(f)
     torch.set_num_threads(1)
     cfg = get_preset(plan.preset, [*plan.overrides, *overrides])
     scorer = Scorer(plan, ae, named, init)
@@ -252,9 +258,12 @@ def train_one(plan: Plan, label: str, overrides: list[str], ae: str, data: list[
                                        weights=TUNE_WEIGHTS if len(data) > 1 else None)
     export = os.path.join(out, "export")
     size = sum(os.path.getsize(os.path.join(d, f)) for d, _, files in os.walk(export) for f in files)
-    return {"model": label, "steps": record["step"], "trainable": record["trainable"],
-            "cpu_s_per_step": round(record["cpu_min"] * 60 / record["step"], 3), "folder_mb": round(size / MB, 2),
-            **{k: v for k, v in record.items() if k.startswith(("new_", "old_", "llm_"))}}
+    row = {"model": label, "steps": record["step"], "trainable": record["trainable"],
+           "cpu_s_per_step": round(record["cpu_min"] * 60 / record["step"], 3), "folder_mb": round(size / MB, 2),
+           **{k: v for k, v in record.items() if k.startswith(("new_", "old_", "llm_"))}}
+    with open(saved, "w") as f:
+        json.dump(row, f)
+    return row
 
 
 def compare(plan: Plan, ae: str, root: str) -> list[dict]:
@@ -263,13 +272,7 @@ def compare(plan: Plan, ae: str, root: str) -> list[dict]:
 
     named, rest = word_data(plan, get_preset(plan.preset, list(plan.overrides)), ae, os.path.join(root, "data"))
     base_out = os.path.join(root, "base")
-    saved = os.path.join(base_out, "record.json")
-    if os.path.exists(saved):
-        base = json.loads(open(saved).read())
-    else:
-        base = train_one(plan, "base", [], ae, [rest], named, base_out, plan.base_steps)
-        with open(saved, "w") as f:
-            json.dump(base, f)
+    base = train_one(plan, "base", [], ae, [rest], named, base_out, plan.base_steps)
     print(json.dumps(base), flush=True)
     runs = [("full", []), *((s.label, s.overrides()) for s in plan.lora)]
     init = os.path.join(base_out, "export")
