@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import io
 import os
+import tarfile
 
 import numpy as np
 
@@ -71,22 +72,39 @@ def _smooth_field(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarra
 
 
 def write_mix(root: str, count: int, per_shard: int = 100, seed: int = 0,
-              side_range: tuple[int, int] = (MIN_SIDE, MAX_SIDE)) -> list[str]:
-    """WebDataset tar shards of the first `count` images under `root` (kept: a rerun reuses them)."""
-    import webdataset as wds
-
-    files = []
+              side_range: tuple[int, int] = (MIN_SIDE, MAX_SIDE), processes: int = 1) -> list[str]:
+    """WebDataset tar shards of the first `count` images under `root` (kept: a rerun reuses them);
+    `processes` > 1 writes missing shards in that many processes."""
+    jobs = []
     for s, start in enumerate(range(0, count, per_shard)):
         n = min(count, start + per_shard) - start
-        path = os.path.join(root, f"{s:05d}-{n}.tar")  # a shorter last shard is another file
-        files.append(path)
-        if os.path.exists(path):
-            continue
+        jobs.append((os.path.join(root, f"{s:05d}-{n}.tar"), range(start, start + n), seed, side_range))
+    todo = [job for job in jobs if not os.path.exists(job[0])]
+    if todo:
         os.makedirs(root, exist_ok=True)
-        tmp = f"{path}.tmp-{os.getpid()}"
-        with wds.TarWriter(tmp) as sink:
-            for i in range(start, start + n):
-                ext, data = photo_like(i, seed, side_range)
-                sink.write({"__key__": f"{i:06d}", ext: data, "txt": f"photo-like image {i}"})
-        os.replace(tmp, path)
-    return files
+    if processes > 1 and len(todo) > 1:
+        import multiprocessing
+
+        with multiprocessing.get_context("spawn").Pool(processes) as pool:
+            pool.starmap(_write_shard, todo)
+    else:
+        for job in todo:
+            _write_shard(*job)
+    return [job[0] for job in jobs]
+
+
+def _write_shard(path: str, indices: range, seed: int, side_range: tuple[int, int]) -> None:
+    write_tar(path, ((f"{i:06d}", *photo_like(i, seed, side_range), f"photo-like image {i}") for i in indices))
+
+
+def write_tar(path: str, samples) -> None:
+    """(key, extension, image bytes, caption) samples -> a WebDataset tar shard as img2dataset
+    writes it (KEY.EXT + KEY.txt), atomically: a shard appears whole or not at all."""
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with tarfile.open(tmp, "w") as tar:
+        for key, ext, data, caption in samples:
+            for name, payload in ((f"{key}.{ext}", data), (f"{key}.txt", caption.encode())):
+                info = tarfile.TarInfo(name)
+                info.size = len(payload)
+                tar.addfile(info, io.BytesIO(payload))
+    os.replace(tmp, path)
