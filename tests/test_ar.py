@@ -261,6 +261,11 @@ def test_orders_per_sample_or_shared():
     model.config.per_sample_order = False
     shared = model.sample_orders(3, 16, torch.Generator().manual_seed(0))
     assert torch.equal(shared[0], shared[2]) and torch.equal(shared[0].sort().values, torch.arange(16))
+    model.config.train_order = "raster"
+    assert torch.equal(model.sample_orders(3, 16, None), torch.arange(16).expand(3, -1))
+    model.config.train_order = "spiral"
+    with pytest.raises(ValueError, match="unknown token order 'spiral'"):
+        model.sample_orders(3, 16, None)
 
 
 def test_cfg_dropout_replaces_every_caption_at_rate_one():

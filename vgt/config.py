@@ -115,6 +115,9 @@ class ARConfig:
     """Probability that a training caption is replaced by `uncond_prompt` (classifier-free guidance dropout)."""
     per_sample_order: bool = True
     """One random generation order per training sample; False = one permutation per batch (reference parity switch)."""
+    train_order: str = "random"
+    """Training order over the latent grid: "random" (VGT) | "raster" (every sample in raster order: a diagnosis
+    switch for random-order learning; sample such a model with `sample.order=raster`)."""
     fp32_flow: bool = True
     """Flow-loss t, noise and targets in fp32; False = in the model dtype (bf16), as the reference."""
     head_batch_mul: int = 1

@@ -134,7 +134,9 @@ class VGTModel(nn.Module):
 
     # -- training --------------------------------------------------------------------------------
     def sample_orders(self, batch: int, num_tokens: int, generator: torch.Generator | None) -> torch.Tensor:
-        """[B, L] generation orders: one per sample, or (reference parity) one shared by the batch."""
+        """[B, L] generation orders: one per sample, or (reference parity) one shared by the batch, or raster."""
+        if self.config.train_order != "random":
+            return token_order(num_tokens, self.config.train_order).expand(batch, -1)
         if self.config.per_sample_order:
             return torch.stack([token_order(num_tokens, "random", generator) for _ in range(batch)])
         return token_order(num_tokens, "random", generator).expand(batch, -1)
