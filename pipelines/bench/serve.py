@@ -64,9 +64,10 @@ def _rows(folder: str, requests: int) -> list[dict]:
         if batch == 8:  # the shipped settings: Serve's whole cost at concurrency 1
             rows += _overhead(url, folder, requests)
         for concurrency in CONCURRENCY:
-            wall, latencies = asyncio.run(_load(url, requests, concurrency))
+            wall, latencies, batches = asyncio.run(_load(url, requests, concurrency))
             rows.append({"case": f"serve, batch {batch}" if batch > 1 else "serve, no batching",
-                         "concurrency": concurrency, **_summary(latencies, wall)})
+                         "concurrency": concurrency, **_summary(latencies, wall),
+                         "sampler_batch": statistics.mean(batches)})
             if (batch, concurrency) == (8, 8):
                 served8 = rows[-1]["images_per_s"]
     inprocess = next(r["p50_ms"] for r in rows if r["case"].startswith("in-process"))
@@ -141,11 +142,12 @@ def _in_process_batch(folder: str, batch: int, calls: int) -> dict:
             "images_per_s": batch * calls / wall}
 
 
-async def _load(url: str, requests: int, concurrency: int) -> tuple[float, list[float]]:
-    """(wall seconds, per-request latencies) of `requests` POSTs, `concurrency` in flight."""
+async def _load(url: str, requests: int, concurrency: int) -> tuple[float, list[float], list[int]]:
+    """(wall seconds, per-request latencies, the sampler batch each request ran in) of `requests`
+    POSTs, `concurrency` in flight."""
     import httpx
 
-    gate, latencies = asyncio.Semaphore(concurrency), []
+    gate, latencies, batches = asyncio.Semaphore(concurrency), [], []
     async with httpx.AsyncClient(timeout=300) as client:
         async def one(i: int):
             async with gate:
@@ -153,10 +155,11 @@ async def _load(url: str, requests: int, concurrency: int) -> tuple[float, list[
                 r = await client.post(f"{url}/v1/images/generations", json={"prompt": PROMPT, "seed": i})
                 r.raise_for_status()
                 latencies.append(time.perf_counter() - start)
+                batches.append(int(r.headers["x-vgt-sampler-batch"]))
 
         start = time.perf_counter()
         await asyncio.gather(*(one(i) for i in range(requests)))
-    return time.perf_counter() - start, latencies
+    return time.perf_counter() - start, latencies, batches
 
 
 def _summary(latencies: list[float], wall: float) -> dict:

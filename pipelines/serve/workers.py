@@ -1,8 +1,12 @@
 """The two model deployments: `ARSampler` (prompt -> latents) and `AEDecoder` (latents -> images).
 
 Both batch concurrent requests with `@serve.batch` and compute in one worker thread, so the
-replica's event loop keeps accepting requests (which form the next batch), answering health
-checks and noticing cancellations while a batch runs. A batch may mix requests whose sampling
+replica's event loop keeps accepting requests, answering health checks and noticing cancellations
+while a batch runs. Requests that arrive while a batch computes are held in `_submit` and handed to
+`@serve.batch` together when it ends, so they form the next batch: Serve's batcher forms a batch as
+soon as its wait ends, not when the previous batch has finished, so with no wait each request
+arriving during a computation became a batch of its own queued behind it (at 8 requests in flight
+the sampler ran batches of one). A batch may mix requests whose sampling
 settings differ: it is split into groups of equal settings (`SampleJob.key()`), one model call per
 group, so each request gets exactly the computation it asked for. Per-image generators come from
 (seed, image index), so an image does not depend on what else shares its batch.
@@ -21,8 +25,8 @@ from .metrics import metrics
 
 log = logging.getLogger("ray.serve")
 
-# No wait for company: a batch takes what is queued when the previous one ends, so a lone request
-# starts at once and under load batches fill by themselves while the previous batch computes.
+# No wait for company: a lone request starts at once; under load the requests held while a batch
+# computes form the next one (`BatchingReplica._submit`), so batches fill by themselves.
 DEFAULT_BATCH = {"max_batch_size": 8, "batch_wait_timeout_s": 0.0}
 
 
@@ -37,6 +41,8 @@ class BatchingReplica:
         self._metrics = metrics()
         self.cancelled = self.aborted = self.running = 0  # for `stats()`
         self._running_jobs: list = []  # the batch on the worker thread now, for `stats()`
+        self._computing = 0  # batches in `_execute` now (several when Serve splits one by model id)
+        self._free: asyncio.Event | None = None  # set when they end: the jobs held meanwhile go on together
 
     def reconfigure(self, config: dict) -> None:
         """`user_config`: {max_batch_size, batch_wait_timeout_s} of this stage's @serve.batch."""
@@ -48,10 +54,14 @@ class BatchingReplica:
         self._batched.set_batch_wait_timeout_s(float(config["batch_wait_timeout_s"]))
 
     async def _submit(self, job):
-        """Queue `job` for the next batch; mark it cancelled if the caller goes away."""
+        """Queue `job` for the next batch; mark it cancelled if the caller goes away. While a batch
+        computes, jobs wait here and are queued together when it ends (one batch, not one each)."""
         self._waiting.add(id(job))
         self._gauge()
         try:
+            if self._computing:
+                self._free = self._free or asyncio.Event()
+                await self._free.wait()
             return await self._batched(job)
         except asyncio.CancelledError:
             job.cancelled = True
@@ -71,10 +81,15 @@ class BatchingReplica:
         self._metrics["batch_images"].observe(images, tags=tags)
         self._metrics["batch_requests"].observe(len(jobs), tags=tags)
         start, self.running, self._running_jobs = time.perf_counter(), len(jobs), jobs
+        self._computing += 1
         try:
             return await asyncio.get_running_loop().run_in_executor(self._pool, fn, jobs)
         finally:
             self.running, self._running_jobs = 0, []
+            self._computing -= 1
+            if not self._computing and self._free is not None:
+                self._free.set()  # wakes every job held during this batch: they queue in one go
+                self._free = None
             self._metrics["stage_seconds"].observe(time.perf_counter() - start, tags=tags)
 
     def _gauge(self) -> None:
