@@ -126,13 +126,35 @@ def test_openapi_limits_fill_the_deployment_limits_in():
 
     from pipelines.serve.api import openapi_limits
 
-    _, defs = models_json_schema([(ImageRequest, "validation")], ref_template="#/components/schemas/{model}")
-    schema = openapi_limits({"components": {"schemas": defs["$defs"]}},
-                            Limits(max_n=3, max_prompt_chars=50, sizes=["112x112"]))
-    props = schema["components"]["schemas"]["ImageRequest"]["properties"]
+    def props_of(limits: Limits, info: ModelInfo | None = None) -> dict:
+        _, defs = models_json_schema([(ImageRequest, "validation")], ref_template="#/components/schemas/{model}")
+        return openapi_limits({"components": {"schemas": defs["$defs"]}}, limits, info)[
+            "components"]["schemas"]["ImageRequest"]["properties"]
+
+    props = props_of(Limits(max_n=3, max_prompt_chars=50, sizes=["112x112"]))
     assert props["prompt"]["maxLength"] == 50 and props["n"]["anyOf"][0]["maximum"] == 3
     assert props["size"]["anyOf"][0]["enum"] == ["112x112", "auto"]
     assert props["quality"]["anyOf"][0]["enum"][:3] == ["low", "medium", "high"]
+    # What `to_job` refuses is outside the schema (schemathesis sent each of these as valid data):
+    assert props["prompt"]["pattern"] == r"[^ \t\n\r\f\v]"  # "   " is an empty prompt
+    assert job_of({"prompt": "\x1c"}).prompt == "\x1c"  # the pattern's text (Python's strip() took it: 400)
+    assert all(props[name]["type"] == "null" for name in ("frame_count", "frame_duration_ms", "svg"))
+    served = props_of(Limits(sizes=["112x112", "56x112"]), INFO)  # the model's: its steps, its tokens
+    assert served["num_steps"]["anyOf"][0]["minimum"] == 2 and served["parallel_tokens"]["anyOf"][0]["maximum"] == 16
+    assert props_of(Limits(), INFO)["size"]["anyOf"][0]["enum"] == ["112x112", "auto"]  # its native size
+    assert "enum" not in props_of(Limits())["size"]["anyOf"][0]  # no model known: the pattern only
+
+
+def test_integral_numbers_are_integers_as_in_json_schema():
+    """schemathesis sent output_compression 31.0 (a JSON Schema integer) and got a 400; and the largest
+    seed the schema allowed, 2**63 - 1, which its double turned into 2**63."""
+    job = job_of({"prompt": "x", "n": 2.0, "num_steps": 3.0, "seed": 7.0, "output_compression": 31.0})
+    assert (job.n, job.num_steps, job.seed, job.output_compression) == (2, 3, 7, 31)
+    assert isinstance(job.n, int)
+    assert job_of({"prompt": "x", "seed": 2**53 - 1}).seed == 2**53 - 1
+    assert refused({"prompt": "x", "seed": 2**53}).param == "seed"  # a double cannot tell 2**53 + 1 from it
+    for value in (2.5, "2", True):
+        assert (refused({"prompt": "x", "n": value}).code) == "invalid_type"
 
 
 def test_limits_are_configurable_and_checked():

@@ -35,12 +35,18 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any, Callable, Literal, Optional
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from vgt.config import SampleConfig
 
 OUTPUT_FORMATS = ("png", "jpeg", "webp")
-MAX_SEED = 2**63 - 1
+# What a prompt is stripped of, and must hold something else than: ASCII whitespace, which every regex
+# dialect agrees on (/openapi.json's pattern PROMPT_PATTERN; Python's str.strip() also strips "\x1c").
+BLANKS = " \t\n\r\f\v"
+PROMPT_PATTERN = r"[^ \t\n\r\f\v]"
+# The largest integer every JSON client holds exactly (JavaScript's Number.MAX_SAFE_INTEGER): above it a
+# client's double rounds the seed it sends (2**63 - 1 went out as 2**63, refused as out of range).
+MAX_SEED = 2**53 - 1
 MAX_N = 10  # OpenAI's own limit; limits.max_n may lower it
 SIZE_RE = re.compile(r"^([1-9][0-9]{0,4})x([1-9][0-9]{0,4})$")
 QUALITY_STEPS = {"low": 0.5, "medium": 1.0, "auto": 1.0, "standard": 1.0, "high": 2.0, "hd": 2.0,
@@ -75,7 +81,7 @@ class Cancelled(Exception):
 class ImageRequest(BaseModel):
     """`POST /v1/images/generations` body: OpenAI's fields plus VGT sampling extensions.
 
-    Strict types (no "2" for 2, no true for 1), finite numbers; unknown fields are refused, as OpenAI
+    Strict types (no "2" for 2, no true for 1; 2.0 is 2, as in JSON Schema), finite numbers; unknown fields are refused, as OpenAI
     does. null means "the default" for every optional field, as in the SDK. The limits here are
     OpenAI's; the deployment's own (`Limits`) are checked in `to_job` and shown in /openapi.json.
     """
@@ -114,6 +120,14 @@ class ImageRequest(BaseModel):
     guidance_scale: Optional[float] = None
     num_steps: Optional[int] = Field(None, ge=1)
     parallel_tokens: Optional[int] = Field(None, ge=1)
+
+    @field_validator("n", "output_compression", "partial_images", "frame_count", "frame_duration_ms", "seed",
+                     "num_steps", "parallel_tokens", mode="before")
+    @classmethod
+    def _integral(cls, value):
+        """2.0 -> 2: JSON Schema's `integer` includes numbers with a zero fraction (/openapi.json says
+        `integer`), while strict pydantic takes only ints; strings and booleans stay refused."""
+        return int(value) if isinstance(value, float) and value.is_integer() else value
 
     def ignored(self) -> list[str]:
         """The IGNORED parameters this request set (for the response header)."""
@@ -248,7 +262,7 @@ def parse_body(raw: bytes) -> ImageRequest:
 def to_job(req: ImageRequest, limits: Limits, info: ModelInfo, request_id: str = "") -> SampleJob:
     """Check values against the limits and the model; fill the sampling settings not given from the
     model's config.sample (`SampleConfig.resolve`, `quality`); draw a seed when none is given."""
-    prompt = req.prompt.strip()
+    prompt = req.prompt.strip(BLANKS)
     if not prompt:
         raise ApiError(400, "prompt must not be empty", "prompt")
     if len(req.prompt) > limits.max_prompt_chars:
@@ -300,9 +314,11 @@ def usage(job: SampleJob) -> dict:
             "output_tokens": image, "total_tokens": text + image}
 
 
-def openapi_limits(schema: dict, limits: Limits) -> dict:
-    """/openapi.json's ImageRequest with this deployment's limits (tighter than OpenAI's) filled in,
-    without FastAPI's 422 responses."""
+def openapi_limits(schema: dict, limits: Limits, info: ModelInfo | None = None) -> dict:
+    """/openapi.json's ImageRequest with every limit this deployment checks (tighter than OpenAI's):
+    the deployment's `limits`, a prompt with a non-space character, null-only REFUSED fields and,
+    given the served model's `info`, its sizes, its sampler's minimum steps and its token count as
+    the largest parallel_tokens; without FastAPI's 422 responses."""
     props = schema["components"]["schemas"]["ImageRequest"]["properties"]
 
     def narrow(name: str, **bounds) -> None:
@@ -314,12 +330,20 @@ def openapi_limits(schema: dict, limits: Limits) -> dict:
     for route in schema.get("paths", {}).values():  # FastAPI's 422 never happens: validation answers 400
         for operation in route.values():
             operation.get("responses", {}).pop("422", None)
-    narrow("prompt", maxLength=limits.max_prompt_chars)
+    narrow("prompt", maxLength=limits.max_prompt_chars, pattern=PROMPT_PATTERN)  # `to_job` strips BLANKS
     narrow("n", maximum=limits.max_n)
     narrow("num_steps", maximum=limits.max_num_steps)
     narrow("guidance_scale", minimum=limits.min_guidance_scale, maximum=limits.max_guidance_scale)
-    if limits.sizes:
-        narrow("size", enum=[*limits.sizes, "auto"])
+    for name in REFUSED:  # anything but null is refused
+        props[name] = {"type": "null", "title": props[name].get("title", name), "default": None,
+                       "description": f"Only null: {REFUSED[name]} is not produced."}
+    sizes = limits.sizes or ([f"{info.native_size[0]}x{info.native_size[1]}"] if info else None)
+    if sizes:
+        narrow("size", enum=[*sizes, "auto"])
+    if info is not None:
+        narrow("num_steps", minimum=info.min_num_steps)
+        tokens = [(w // info.stride) * (h // info.stride) for w, h in map(parse_size, sizes)]
+        narrow("parallel_tokens", maximum=max(tokens))
     return schema
 
 

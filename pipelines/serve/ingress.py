@@ -11,6 +11,7 @@ sampler stops a running group once all of its requests are gone.
 # (Serve's class-based ingress re-wraps them, and string annotations then stop resolving).
 import asyncio
 import base64
+import copy
 import hashlib
 import hmac
 import json
@@ -22,8 +23,10 @@ from functools import lru_cache
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.docs import get_swagger_ui_html
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from ray import serve
+from starlette.exceptions import HTTPException
 
 from .api import (ApiError, ImageRequest, ImagesResponse, Limits, ModelInfo, openapi_limits, to_job, usage,
                   validation_error)
@@ -33,13 +36,26 @@ log = logging.getLogger("ray.serve")
 HEALTH_TIMEOUT_S = 2.0  # /healthz answers 503 "loading" when a model deployment takes longer
 with open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "playground.html"), encoding="utf-8") as _f:
     PLAYGROUND = _f.read()
-app = FastAPI(title="vgt image generation", version="1")
+# /openapi.json and /docs are the ingress's own routes: the schema carries the served model's limits.
+app = FastAPI(title="vgt image generation", version="1", openapi_url=None, docs_url=None, redoc_url=None)
 _ERROR = {"description": "OpenAI's error object", "content": {"application/json": {"schema": {
     "type": "object", "required": ["error"], "properties": {"error": {
         "type": "object", "required": ["message", "type", "param", "code"],
         "properties": {"message": {"type": "string"}, "type": {"type": "string"},
                        "param": {"type": ["string", "null"]}, "code": {"type": ["string", "null"]}}}}}}}}
-RESPONSES = {200: {"model": ImagesResponse}, **{status: _ERROR for status in (400, 401, 404, 500, 503)}}
+_EVENTS = ["image_generation.partial_image", "image_generation.completed", "error"]
+_SSE = {"description": "one server-sent event: its name and its JSON data", "type": "object",
+        "required": ["event", "data"], "properties": {
+            "event": {"type": "string", "enum": _EVENTS},
+            "data": {"type": "string", "contentMediaType": "application/json", "contentSchema": {
+                "type": "object", "required": ["type"], "properties": {
+                    "type": {"type": "string", "enum": _EVENTS}, "b64_json": {"type": "string"},
+                    "partial_image_index": {"type": "integer", "minimum": 0}, "size": {"type": "string"},
+                    "output_format": {"type": "string", "enum": ["png", "jpeg", "webp"]},
+                    "created_at": {"type": "integer"}, "usage": {"type": "object"}}}}}}
+RESPONSES = {200: {"model": ImagesResponse, "description": "The images; with `stream`: server-sent events",
+                   "content": {"text/event-stream": {"schema": _SSE}}},
+             **{status: _ERROR for status in (400, 401, 404, 500, 503)}}
 
 
 @lru_cache(maxsize=1)
@@ -49,7 +65,13 @@ def _key_digest() -> bytes | None:
     return hashlib.sha256(key.encode()).digest() if key else None
 
 
-def authorize(request: Request) -> None:
+async def authorize(request: Request) -> None:
+    """The routes' dependency: `check_key` on the event loop (FastAPI would run a plain function in
+    its thread pool, a thread hop per request)."""
+    check_key(request)
+
+
+def check_key(request: Request) -> None:
     """Bearer token check when VGT_API_KEY is set; digests make the compare constant-time."""
     if _key_digest() is None:
         return
@@ -67,13 +89,27 @@ async def _api_error(request: Request, err: ApiError) -> JSONResponse:
 
 @app.exception_handler(RequestValidationError)
 async def _invalid_request(request: Request, err: RequestValidationError) -> JSONResponse:
-    """FastAPI's 422 as OpenAI's 400; a caller without the key learns only that (401), as OpenAI."""
+    """FastAPI's 422 as OpenAI's 400."""
+    return await _refused(request, validation_error(err.errors()))
+
+
+@app.exception_handler(HTTPException)
+async def _http_error(request: Request, err: HTTPException) -> JSONResponse:
+    """FastAPI's own refusals in OpenAI's shape too: a body it cannot read (not UTF-8: its 400 "error
+    parsing the body"), an unknown route (404) or method (405)."""
+    code = {400: "invalid_json", 404: "not_found", 405: "method_not_allowed"}.get(err.status_code)
+    message = "request body is not valid JSON (not UTF-8 text)" if code == "invalid_json" else str(err.detail)
+    return await _refused(request, ApiError(err.status_code, message, code=code, headers=dict(err.headers or {})))
+
+
+async def _refused(request: Request, err: ApiError) -> JSONResponse:
+    """A refusal before the route ran, counted; a caller without the key learns only that (401), as OpenAI."""
     try:
-        authorize(request)
-        raise validation_error(err.errors())
-    except ApiError as api_err:
-        metrics()["requests"].inc(tags={"status": str(api_err.status)})
-        return await _api_error(request, api_err)
+        check_key(request)
+    except ApiError as denied:
+        err = denied
+    metrics()["requests"].inc(tags={"status": str(err.status)})
+    return await _api_error(request, err)
 
 
 async def _opened(events):
@@ -102,14 +138,7 @@ class Ingress:
         self.retry_after_s, self.models = retry_after_s, models
         self._info: dict[str, ModelInfo] = {}
         self._metrics = metrics()
-        limits_now = self.limits
-
-        def openapi() -> dict:  # the request schema with this deployment's limits
-            if app.openapi_schema is None:
-                app.openapi_schema = openapi_limits(FastAPI.openapi(app), limits_now)
-            return app.openapi_schema
-
-        app.openapi_schema, app.openapi = None, openapi
+        self._schema: dict | None = None
         log.info("ingress: model %r, auth %s", model_name, "on" if _key_digest() else "off")
 
     @app.post("/v1/images/generations", responses=RESPONSES)
@@ -198,6 +227,21 @@ class Ingress:
     async def playground(self) -> HTMLResponse:
         """The web playground (playground.html): it calls this service's API from the browser."""
         return HTMLResponse(PLAYGROUND)
+
+    @app.get("/openapi.json", include_in_schema=False)
+    async def openapi(self) -> JSONResponse:
+        """The OpenAPI schema with this deployment's limits and, serving one model, that model's (sizes,
+        steps, tokens): the request body a client may send is exactly the one it describes."""
+        if self._schema is None:
+            info = None if self.models is not None else await self._model_info()
+            self._schema = openapi_limits(copy.deepcopy(app.openapi()), self.limits, info)
+        return JSONResponse(self._schema)
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs(self, request: Request) -> HTMLResponse:
+        """Swagger UI over /openapi.json."""
+        return get_swagger_ui_html(openapi_url=request.scope.get("root_path", "") + "/openapi.json",
+                                   title=app.title)
 
     @app.get("/v1/models")
     async def models(self, _auth: None = Depends(authorize)) -> dict:
