@@ -253,7 +253,7 @@ def toy_full(ray_cluster, toy_data, tmp_path_factory) -> str:
 
 
 @pytest.mark.timeout(180)
-def test_threads_per_worker_sets_the_workers_torch_threads(toy_data, tmp_path):
+def test_threads_per_worker_sets_the_workers_torch_threads(ray_cluster, toy_data, tmp_path):
     """`ray.threads_per_worker` is what each worker's torch runs with (the demo: 2 / workers);
     without it Ray's default for a fractional-CPU worker, one thread."""
     for threads, expected in ((2, 2), (None, 1)):
