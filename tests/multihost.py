@@ -42,6 +42,12 @@ BIN = Path(sys.executable).parent  # the venv's bin: ray, python (also on the ho
 OBJECT_STORE_BYTES = 100 * 1024**2  # small: several hosts share the machine's RAM
 START_TIMEOUT_S = 300.0  # all attempts together; a loaded 2-core machine needs ~1 min for 3 nodes
 START_ATTEMPTS = 3
+# The GCS's health checks of every raylet (Ray's defaults: every 3 s, 10 s timeout, 5 misses, so
+# ~15 s for a crashed host and ~65 s for a silent one). Tuned so that a lost host is declared dead
+# in ~5 s after a crash (connection refused) and ~15 s after a pulled cable (checks time out),
+# while a nice-19 raylet on a loaded machine still has 5 chances of 2 s to answer.
+HEALTH_CHECKS = {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "2000",
+                 "RAY_health_check_failure_threshold": "5"}
 
 
 def host_ip(i: int) -> str:
@@ -84,8 +90,9 @@ class Cluster:
         # none of the caller's Ray settings: a host has its own (the suite's conftest sets some,
         # e.g. RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0, which makes `ray start --address` refuse)
         env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-        return env | {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token,"PATH": f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}", "GLOO_SOCKET_IFNAME": "eth0",
-                      "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
+        return env | HEALTH_CHECKS | {
+            "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": self.token, "PATH": f"{BIN}:{env.get('PATH', '/usr/bin:/bin')}",
+            "GLOO_SOCKET_IFNAME": "eth0", "OMP_NUM_THREADS": "1", "RAY_USAGE_STATS_ENABLED": "0"}
 
     def alive_nodes(self) -> list[str]:
         """Node IPs the head's dashboard reports ALIVE ([] while it is not answering yet)."""
@@ -192,6 +199,42 @@ def down() -> None:
     shutil.rmtree(STATE, ignore_errors=True)
 
 
+def kill_host(i: int) -> int:
+    """Crash host I: SIGKILL every process in its namespace (its raylet and all its workers at
+    once, as a kernel panic or a spot reclaim would). Returns how many processes it ended."""
+    killed: set[int] = set()
+    for _ in range(100):
+        pids = pids_in(f"{PREFIX}{i}")
+        if not pids:
+            return len(killed)
+        for pid in pids:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        killed.update(pids)
+        time.sleep(0.1)
+        _reap()
+    raise RuntimeError(f"test host {i}: processes {pids} survive SIGKILL")
+
+
+def set_link(i: int, up: bool) -> None:
+    """Pull (up=False) or plug back host I's cable: its veth on the bridge side goes down, so its
+    processes live on but every packet to or from it is lost silently."""
+    _ip("link", "set", f"{PREFIX}{i}", "up" if up else "down")
+
+
+def restart_worker(cluster: Cluster, i: int, timeout_s: float = START_TIMEOUT_S) -> float:
+    """Start worker host I again (after kill_host) and wait until it is alive; returns seconds.
+    Its /tmp keeps what the crashed node left, as a rebooted machine's disk would."""
+    if i == 0:
+        raise ValueError("the head cannot be restarted into a live cluster")
+    t0 = time.monotonic()
+    kill_host(i)  # whatever is left (e.g. a cut-off raylet that exited on its own, or did not)
+    cluster.hosts[i] = _start(i, ["--address", cluster.gcs], cluster.host_env())
+    _save(cluster)
+    _wait(f"host {i} alive again", lambda: host_ip(i) in cluster.alive_nodes(), t0 + timeout_s, [cluster.hosts[i]])
+    return time.monotonic() - t0
+
+
 def _reap() -> None:
     """Collect the `ray start` processes this process started (no zombies left in a fixture's
     process); only those recorded in cluster.json, never another child of ours."""
@@ -217,7 +260,7 @@ def _network(n: int) -> None:
 
 def _start(i: int, ray_args: list[str], env: dict[str, str]) -> Host:
     ns, tmp = f"{PREFIX}{i}", STATE / f"h{i}" / "tmp"
-    tmp.mkdir(parents=True)
+    tmp.mkdir(parents=True, exist_ok=True)  # exists when a crashed host starts again
     argv = ["nice", "-n", "19", "ip", "netns", "exec", ns,
             "unshare", "--mount", "--propagation", "private",  # the host's own /tmp, below
             "sh", "-c", 'mount --bind "$0" /tmp && exec "$@"', str(tmp),

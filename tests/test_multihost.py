@@ -1,13 +1,21 @@
 """A real multi-host Ray cluster on one machine (tests/multihost.py): three network namespaces on a
 private bridge, a Ray head in one and a worker node in each other, each with its own address and
-its own /tmp. Tasks run on every host and their objects cross hosts; `ray job submit` from the root
-namespace reaches the head's job server (one job drives the task test too: a second driver would
-cost ~20 s); teardown leaves no namespace, interface or process."""
+its own /tmp, and an S3 server on the bridge (tests/s3_server.py) that every host reaches. Jobs go
+through `ray job submit` to the head's job server, as a user's would: tasks and objects across
+hosts, `vgt prep` and `vgt train-ar` (DDP on gloo, one worker per host, checkpoints on S3) with
+their work spread over the hosts, and a host killed (every process of it at
+once, as a crash) in the middle of prep and of training: nothing is lost and the result equals the
+undisturbed one. Faults happen at points made by construction: the S3 server holds the requests
+that mark the point (a part upload, a checkpoint upload) until the host has been killed.
+Teardown leaves no namespace, interface or process."""
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import os
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -15,11 +23,19 @@ import numpy as np
 import pytest
 
 import multihost
+from s3_server import S3Server
 
 pytestmark = pytest.mark.ray  # starts its own Ray nodes (inside namespaces, not on 127.0.0.1)
 
 N_HOSTS = 3
 ARRAY_BYTES = 4 * 1024**2  # above Ray's inline limit (100 KiB): goes through the object store
+S3_PORT = 9000  # on the bridge address, which only these tests use
+BUCKET = "vgt-multihost"
+N_SHARDS, PER_SHARD = 9, 4  # raw inputs: 9 parquet shards of 4 small PNGs -> 9 prep parts
+JOB_TIMEOUT_S = 420  # one `ray job submit` of a vgt command on the loaded 2-core machine (~100-250 s seen)
+TRAIN = ["--preset", "tiny", "--stage", "pretrain", "--steps", "4", "--num-workers", "2", "--set",
+         "train.log_every=1", "train.checkpoint_every=2", "train.sample_every=0", "train.strategy=ddp",
+         "train.ar_pretrain.batch_size=2"]
 
 
 @pytest.fixture(scope="module")
@@ -92,6 +108,250 @@ def test_tasks_run_on_every_host_and_objects_cross_hosts(job):
     for i, ip in enumerate(ips):
         assert (multihost.STATE / f"h{i}" / "tmp" / "vgt-marker").read_text() == ip
     assert not Path("/tmp/vgt-marker").exists()
+
+
+@pytest.fixture(scope="module")
+def s3(hosts):
+    """The S3 server on the bridge address (every host reaches 10.77.0.1), a bucket with the raw
+    inputs, and a frozen tiny AE; this process reads it too (AWS_ENDPOINT_URL set for the module)."""
+    import boto3
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    import torch
+    from prep_samples import image_bytes
+
+    from vgt.ae import VGTAutoencoder
+    from vgt.presets import get_preset
+
+    server = S3Server(multihost.BRIDGE_IP, S3_PORT)
+    server.start()
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("AWS_ENDPOINT_URL", server.url)
+            client = boto3.client("s3", endpoint_url=server.url)
+            client.create_bucket(Bucket=BUCKET)
+            for k in range(N_SHARDS):
+                images = [image_bytes((112 + 8 * i, 150), fmt="PNG", seed=10 * k + i) for i in range(PER_SHARD)]
+                buf = io.BytesIO()
+                pq.write_table(pa.table({"image": pa.array(images, pa.binary()),
+                                         "caption": [f"shape {k} {i}" for i in range(PER_SHARD)]}), buf)
+                client.put_object(Bucket=BUCKET, Key=f"raw/shard-{k:02d}.parquet", Body=buf.getvalue())
+            torch.manual_seed(0)
+            VGTAutoencoder.from_config(get_preset("tiny").ae).save_pretrained(f"s3://{BUCKET}/ae")
+            yield server
+    finally:
+        server.stop()
+
+
+class Job:
+    """`ray job submit -- vgt ARGV` from the root namespace to the head's job server, as a user
+    submits it (the S3 endpoint and credentials in the job's runtime env), running in the background."""
+
+    def __init__(self, hosts, s3: S3Server, *argv: str):
+        env = {k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
+        runtime_env = {"env_vars": {**env, "AWS_ENDPOINT_URL": s3.url, "OMP_NUM_THREADS": "1"}}
+        self.log = tempfile.TemporaryFile("w+")  # not a pipe: nobody reads it while the job runs
+        self.t0 = time.monotonic()
+        self.proc = subprocess.Popen(
+            [str(multihost.BIN / "ray"), "job", "submit", "--address", hosts.dashboard,
+             "--runtime-env-json", json.dumps(runtime_env), "--", "vgt", *argv],
+            env=hosts.client_env(), stdout=self.log, stderr=subprocess.STDOUT, text=True)
+
+    def wait(self) -> str:
+        """The job's output once it ended (AssertionError unless it succeeded); sets .seconds."""
+        try:
+            self.proc.wait(timeout=JOB_TIMEOUT_S)
+        finally:
+            self.stop()
+        self.seconds = round(time.monotonic() - self.t0, 1)
+        self.log.seek(0)
+        out = self.log.read()
+        assert self.proc.returncode == 0 and "succeeded" in out, out[-4000:]
+        return out
+
+    def stop(self) -> None:
+        """End the local `ray job submit` if it still runs (the cluster's teardown ends the job)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def puts_under(prefix: str):
+    """Match uploads of objects under s3://BUCKET/PREFIX."""
+    return lambda r: r.method == "PUT" and r.path.startswith(f"/{BUCKET}/{prefix}")
+
+
+def writers(s3: S3Server, prefix: str) -> dict[str, set[str]]:
+    """Object path under PREFIX -> addresses of the hosts that uploaded it (all attempts)."""
+    out: dict[str, set[str]] = {}
+    for r in s3.writes(f"/{BUCKET}/{prefix}"):
+        out.setdefault(r.path, set()).add(r.ip)
+    return out
+
+
+@pytest.fixture(scope="module")
+def prep_run(hosts, s3, tmp_path_factory) -> dict:
+    """`vgt prep` of 9 raw shards on s3:// across the hosts, with the last worker host killed while
+    it uploads a part. Made by construction: part uploads are held until one is in flight on every
+    host (each host has one CPU, so 3 at once are on 3 hosts), released, held again until the next
+    3 are in flight, and then the victim is killed with its upload held; its part must be redone
+    elsewhere. The undisturbed reference is the same prep built in this process."""
+    from pipelines.prep.dataset import run_prep
+    from vgt.presets import get_preset
+
+    victim = N_HOSTS - 1
+    parts = puts_under("prepared/part-")
+    round1 = s3.start_hold(parts)
+    job = Job(hosts, s3, "prep", "--input", f"s3://{BUCKET}/raw/", "--out", f"s3://{BUCKET}/prepared", "--preset", "tiny")
+    round2 = None
+    try:
+        first = round1.wait(JOB_TIMEOUT_S, ips=N_HOSTS)
+        round2 = s3.start_hold(parts)
+        s3.release(round1)
+        lost = next(r for r in round2.wait(JOB_TIMEOUT_S, ips=N_HOSTS) if r.ip == multihost.host_ip(victim))
+        t_kill = time.monotonic()
+        killed = multihost.kill_host(victim)
+        s3.release(round2)
+        out = job.wait()
+    finally:
+        s3.release(round1)
+        if round2 is not None:
+            s3.release(round2)
+        job.stop()
+    t_end = time.monotonic()
+    redo = [r for r in s3.writes(lost.path, since=t_kill) if r.ip != lost.ip]
+    restart_s = multihost.restart_worker(hosts, victim)  # training wants a spare host again
+    reference_dir = tmp_path_factory.mktemp("prep-ref")
+    reference = run_prep([f"s3://{BUCKET}/raw/"], str(reference_dir), get_preset("tiny"), in_process=True)
+    figures = {"job_s": job.seconds, "killed_processes": killed, "lost_part_redone_after_s": round(redo[0].t - t_kill, 1),
+               "kill_to_end_s": round(t_end - t_kill, 1), "restart_host_s": round(restart_s, 1)}
+    print(f"\nprep with a host killed: {figures}")
+    return {"output": out, "first": first, "lost": lost, "redo": redo, "reference": reference, "figures": figures,
+            "writers": writers(s3, "prepared/part-"), "reference_dir": reference_dir}
+
+
+@pytest.mark.timeout(900)  # the cluster's start and the prep job on the loaded machine
+def test_prep_on_s3_spreads_parts_over_every_host_and_survives_a_host_killed_mid_part(prep_run):
+    import pyarrow.parquet as pq
+
+    from vgt import io as vio
+
+    ips = [multihost.host_ip(i) for i in range(N_HOSTS)]
+    # every host built a part (the first three uploads, held together, came from the three hosts)
+    assert sorted(r.ip for r in prep_run["first"]) == ips
+    manifest = vio.read_json(f"s3://{BUCKET}/prepared/manifest.json")
+    ref = prep_run["reference"]
+    names = sorted(ref["parts"])
+    assert len(names) == N_SHARDS and sorted(manifest["parts"]) == names
+    # each part complete exactly once: built once in this run, one file, counts as undisturbed
+    assert sorted(manifest["runs"][-1]["parts_built"]) == names
+    assert all(manifest["parts"][n]["complete"] for n in names)
+    assert manifest["counts"] == ref["counts"] and manifest["counts"]["rows_out"] == N_SHARDS * PER_SHARD
+    for n in names:
+        assert manifest["parts"][n]["rows_out"] == ref["parts"][n]["rows_out"] == PER_SHARD
+    stored = sorted(u.rsplit("/", 1)[-1] for u in vio.ls(f"s3://{BUCKET}/prepared") if "/part-" in u)
+    assert stored == [f"{n}.parquet" for n in names]
+    # only the part the killed host was uploading was built again, by a surviving host
+    lost = prep_run["lost"]
+    assert prep_run["redo"] and {r.ip for r in prep_run["redo"]} <= set(ips) - {lost.ip}
+    assert [p for p, who in prep_run["writers"].items() if len(who) > 1] == [lost.path]
+    # and every part holds exactly what the undisturbed run wrote (keys, captions, image bytes)
+    for n in names:
+        with vio.open(f"s3://{BUCKET}/prepared/{n}.parquet") as f:
+            got = pq.read_table(f)
+        assert got.equals(pq.read_table(prep_run["reference_dir"] / f"{n}.parquet")), n
+
+
+def train_ar(hosts, s3, run: str) -> Job:
+    """`vgt train-ar` on the prepared parts (latents encoded on the fly by the frozen AE), 2 DDP
+    workers on gloo (one CPU each, so one per host), a checkpoint every 2 of 4 steps, all on S3."""
+    return Job(hosts, s3, "train-ar", *TRAIN, "--data", f"s3://{BUCKET}/prepared", "--ae", f"s3://{BUCKET}/ae",
+               "--out", f"s3://{BUCKET}/{run}")
+
+
+def export_weights(run: str) -> dict:
+    from safetensors.torch import load
+
+    from vgt import io as vio
+
+    return load(vio.read_bytes(f"s3://{BUCKET}/{run}/export/ar/model.safetensors"))
+
+
+def metrics(run: str) -> list[dict]:
+    from vgt import io as vio
+
+    return [json.loads(x) for x in vio.read_bytes(f"s3://{BUCKET}/{run}/metrics.jsonl").decode().splitlines() if x]
+
+
+@pytest.fixture(scope="module")
+def train_ref(hosts, s3, prep_run) -> dict:
+    """The undisturbed training run."""
+    job = train_ar(hosts, s3, "ar-ref")
+    out = job.wait()
+    print(f"\ntrain-ar undisturbed: {job.seconds} s")
+    return {"output": out, "seconds": job.seconds, "writers": writers(s3, "ar-ref/checkpoints/")}
+
+
+@pytest.mark.timeout(600)
+def test_train_ar_ddp_one_worker_per_host_checkpoints_to_s3(train_ref):
+    steps = [m["step"] for m in metrics("ar-ref") if "loss" in m]
+    assert steps == [1, 2, 3, 4]
+    # each rank uploads its own RNG state: the two ranks ran on two different hosts
+    for step in (2, 4):
+        ranks = {p.rsplit("/", 1)[-1]: ips for p, ips in train_ref["writers"].items()
+                 if f"/step-{step:08d}/rng-rank" in p}
+        assert sorted(ranks) == ["rng-rank0.safetensors", "rng-rank1.safetensors"], ranks
+        assert len(set.union(*ranks.values())) == 2, ranks
+    assert "step 4 of 4" in train_ref["output"] and export_weights("ar-ref")
+
+
+@pytest.fixture(scope="module")
+def train_fault(hosts, s3, train_ref) -> dict:
+    """The same run with a worker host killed while both workers upload the step-4 checkpoint:
+    uploads under step-00000004/ are held until both ranks are in one, then the non-head host of a
+    rank is killed and the hold released. Step 4's checkpoint is then never complete, so the group,
+    restarted by Ray Train (FailureConfig) on the surviving host and the spare, resumes from step 2."""
+    run = "ar-fault"
+    hold = s3.start_hold(puts_under(f"{run}/checkpoints/step-00000004/"))
+    job = train_ar(hosts, s3, run)
+    try:
+        held = hold.wait(JOB_TIMEOUT_S, ips=2)
+        victim_ip = sorted({r.ip for r in held} - {hosts.head.ip})[0]
+        victim = [h.ip for h in hosts.hosts].index(victim_ip)
+        t_kill = time.monotonic()
+        killed = multihost.kill_host(victim)
+        s3.release(hold)
+        while victim_ip in hosts.alive_nodes():  # the GCS's health checks (multihost.HEALTH_CHECKS)
+            time.sleep(0.2)
+        dead_s = time.monotonic() - t_kill
+        out = job.wait()
+    finally:
+        s3.release(hold)
+        job.stop()
+    done_s = time.monotonic() - t_kill
+    restart_s = multihost.restart_worker(hosts, victim)
+    figures = {"job_s": job.seconds, "undisturbed_job_s": train_ref["seconds"], "killed_processes": killed,
+               "declared_dead_after_s": round(dead_s, 1), "kill_to_end_s": round(done_s, 1), "steps_redone": 2,
+               "restart_host_s": round(restart_s, 1)}
+    print(f"\ntrain-ar with a host killed: {figures}")
+    return {"output": out, "victim_ip": victim_ip, "figures": figures,
+            "writers": writers(s3, f"{run}/checkpoints/step-00000004/")}
+
+
+@pytest.mark.timeout(900)
+def test_train_ar_resumes_from_the_last_checkpoint_after_a_host_is_killed_bitwise_equal(train_fault):
+    out = train_fault["output"]
+    assert "resumed at step 2 on 2 worker(s)" in out, out[-4000:]
+    assert "step 4 of 4" in out
+    # the restarted group ran on the two surviving hosts (the survivor and the spare)
+    rerun = {ip for p, ips in train_fault["writers"].items() if "rng-rank" in p for ip in ips}
+    assert len(rerun - {train_fault["victim_ip"]}) == 2
+    # one consistent history, the same losses as the undisturbed run, and bitwise the same weights
+    ref, got = metrics("ar-ref"), metrics("ar-fault")
+    assert [m["step"] for m in got if "loss" in m] == [1, 2, 3, 4]
+    assert [m["loss"] for m in got if "loss" in m] == [m["loss"] for m in ref if "loss" in m]
+    a, b = export_weights("ar-ref"), export_weights("ar-fault")
+    assert sorted(a) == sorted(b) and all(a[k].equal(b[k]) for k in a)
 
 
 @pytest.mark.timeout(120)
