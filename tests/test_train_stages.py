@@ -245,13 +245,17 @@ def test_ar_groups_and_stored_latents_equal_on_the_fly_encoding(with_latents, ae
     assert torch.equal(stored, encoded)
 
 
-def test_ar_cli_fsdp2_mixed_sources_exports_a_pipeline_that_generates(prepared, with_latents, ae_run, tmp_path):
+def test_ar_cli_fsdp2_mixed_sources_exports_a_pipeline_that_generates(prepared, with_latents, ae_run, tmp_path,
+                                                                      monkeypatch):
     from vgt.pipeline import VGTPipeline
 
-    out = str(tmp_path / "ar")
+    # Paths relative to the caller's directory, as `make demo` passes them: the Ray workers run elsewhere.
+    monkeypatch.chdir(tmp_path)
+    ae, latents, raw = (os.path.relpath(p) for p in (os.path.join(ae_run, "export"), with_latents, prepared))
+    out = "ar"
     # Source 1 has this AE's latents, source 2 is encoded on the fly; weights 3:1.
-    assert cli("train-ar", "--preset", "tiny", "--stage", "pretrain", "--ae", os.path.join(ae_run, "export"),
-               "--out", out, "--steps", "3", "--num-workers", "2", "--data", f"{with_latents}=3", f"{prepared}=1",
+    assert cli("train-ar", "--preset", "tiny", "--stage", "pretrain", "--ae", ae,
+               "--out", out, "--steps", "3", "--num-workers", "2", "--data", f"{latents}=3", f"{raw}=1",
                "--set", *FAST, "train.strategy=fsdp2", "train.activation_checkpointing=true",
                "train.ar_pretrain.batch_size=2", "train.ar_pretrain.ema_start=1") == 0
     recs = records(out)

@@ -21,6 +21,12 @@ def is_s3(uri: str) -> bool:
     return str(uri).startswith(S3_SCHEMES)
 
 
+def absolute(uri: str) -> str:
+    """`uri` with a local path made absolute (S3 URIs unchanged): Ray workers and actors do not run in
+    the caller's working directory, so a relative path handed to them would name another folder."""
+    return str(uri) if is_s3(uri) else os.path.abspath(os.path.expanduser(str(uri)))
+
+
 def join(uri: str, *parts: str) -> str:
     uri = str(uri)
     if is_s3(uri):
@@ -56,7 +62,7 @@ def fsspec_fs(uri: str):
         return fs, str(uri).split("://", 1)[1]
     from fsspec.implementations.local import LocalFileSystem
 
-    return LocalFileSystem(), os.path.abspath(os.path.expanduser(str(uri)))
+    return LocalFileSystem(), absolute(uri)
 
 
 def pyarrow_fs(uri: str):
@@ -64,7 +70,7 @@ def pyarrow_fs(uri: str):
     import pyarrow.fs as pafs
 
     if not is_s3(uri):
-        return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(str(uri)))
+        return pafs.LocalFileSystem(), absolute(uri)
     o = s3_options()
     kwargs: dict[str, Any] = {}
     if "endpoint_url" in o:

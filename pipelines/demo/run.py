@@ -207,7 +207,7 @@ def run_demo(opts: DemoOptions) -> dict:
     from vgt.presets import get_preset
 
     cfg = get_preset(opts.preset, opts.overrides)
-    out = opts.out
+    out = vio.absolute(opts.out)  # every stage's Ray workers read and write under it from their own cwd
     paths = {k: vio.join(out, v) for k, v in {
         "shards": "data/shards", "prepared": "data/prepared", "heldout": "data/heldout", "latents": "data/latents",
         "ae_run": "runs/ae", "ar_run": "runs/ar", "shapes": "shapes", "report": "report"}.items()}

@@ -57,6 +57,8 @@ def train(stage: str, stage_key: str, cfg: VGTConfig, data: list[str], out: str,
     from vgt.data import PreparedDataset
 
     uris, weights = dataset_args(data)
+    uris, out = [vio.absolute(u) for u in uris], vio.absolute(out)  # the workers run elsewhere
+    init, ae = (vio.absolute(p) if p else p for p in (init, ae))
     for uri in uris:
         PreparedDataset(uri)  # missing or unfinished datasets fail here, not inside a worker
     steps = steps or getattr(cfg.train, stage_key).steps
