@@ -71,11 +71,17 @@ def _edit(folder, path: str, value, header: bool = False) -> None:
         (folder / WEIGHTS_FILE).write_bytes(st_save(st_load(data), metadata=metadata))
 
 
+DROP = object()  # _edit's value that removes the field
+
+
 def _set(config: dict, path: str, value) -> None:
     *parents, last = path.split(".")
     for key in parents:
         config = config[key]
-    config[last] = value
+    if value is DROP:
+        del config[last]
+    else:
+        config[last] = value
 
 
 def _write_old_format(folder, kind: str, config: dict, state_dict: dict) -> None:
@@ -267,6 +273,22 @@ def test_a_field_transformers_does_not_rebuild_as_stored_is_named(tmp_path):
     with pytest.raises(ArtifactError, match=r"(?s)does not have that config.*config\.ar\.backbone\.hf_config\."
                                             r"text_config\.sliding_window = 4096 in config\.json, None built"):
         VGTModel.from_pretrained(str(tmp_path / "ar"))
+
+
+@pytest.mark.timeout(60)
+def test_a_field_added_after_the_folder_was_written_takes_its_default(tmp_path, caplog):
+    """A folder written before a vgt config field existed (absent from config.json and the header)
+    loads, with that field's default and a note; the same field stored with another value still
+    has to be rebuilt as stored (the test above)."""
+    model = _ar()
+    model.save_pretrained(str(tmp_path / "ar"))
+    _edit(tmp_path / "ar", "ar.train_order", DROP, header=True)
+    assert "train_order" not in _saved(tmp_path / "ar")["config"]["ar"]
+    with caplog.at_level(logging.INFO, logger="vgt.artifacts"):
+        loaded = VGTModel.from_pretrained(str(tmp_path / "ar"))
+    assert loaded.config.train_order == "random"
+    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), loaded.state_dict().values()))
+    assert "config.ar.train_order = (absent) in config.json, 'random' built" in caplog.text
 
 
 # -- folders written before this change --------------------------------------------------------------

@@ -127,7 +127,8 @@ def load_model(folder: str, kind: str, build: Callable[[dict], torch.nn.Module])
        tensor and the config fields that size it;
     3. config.json is the config the weights were written with (bound into the weights header);
     4. the config of the model built is the config stored: a field that this transformers / diffusers
-       does not rebuild as stored is named.
+       does not rebuild as stored is named (a field absent from the stored config, added by a later
+       version, takes its default with a logged note).
 
     A folder written before configs were bound to the weights has no header copy: it loads with a
     logged note, check 3 is skipped and check 4 only warns (its config.json holds the presets'
@@ -152,6 +153,12 @@ def load_model(folder: str, kind: str, build: Callable[[dict], torch.nn.Module])
                             f"in the {WEIGHTS_FILE} header):\n  " + "\n  ".join(_describe(edited, "in the weights' "
                             "header", f"in {CONFIG_FILE}")))
     drift = config_diff(_plain(config), _plain(model.portable_config()), subset=bound is None)
+    # Fields a later version added (absent when the folder was written) are built with their defaults.
+    added = [d for d in drift if d[1] is MISSING]
+    if added:
+        log.info("%s was written before these config fields existed; they take their defaults:\n  %s", folder,
+                 "\n  ".join(_describe(added, f"in {CONFIG_FILE}", "built")))
+        drift = [d for d in drift if d[1] is not MISSING]
     if drift and bound is not None:
         raise ArtifactError(f"{folder!r}: the model its {CONFIG_FILE} builds does not have that config (this "
                             f"{_versions()} does not rebuild it as stored):\n  "
