@@ -31,10 +31,11 @@ def parse_repo_id(ref: str) -> tuple[str, str | None] | None:
 
 
 def resolve(ref: str) -> str:
-    """A local path or URI for `ref`: unchanged, or the local snapshot of a Hub repo id."""
+    """A local path or URI for `ref`: a local path made absolute (Ray actors run in another directory),
+    a URI unchanged, or the local snapshot of a Hub repo id."""
     parsed = parse_repo_id(ref)
     if parsed is None:
-        return ref
+        return vio.absolute(ref)
     from huggingface_hub import constants, snapshot_download
     from huggingface_hub.errors import LocalEntryNotFoundError, RepositoryNotFoundError, RevisionNotFoundError
 
