@@ -27,11 +27,18 @@ def test_latents_equal_encode_of_centre_crop_and_fingerprint_is_enforced(ray_clu
         {"__key__": f"{i}", "jpg": image_bytes(size, seed=i), "txt": f"cap {i}"}
         for i, size in enumerate([(120, 150), (200, 112), (112, 112)])])
     write_parquet(str(tmp_path / "raw" / "t.parquet"), [image_bytes((140, 90), fmt="PNG", seed=7)], ["table"])
+    # a part whose every row was rejected (too small): it still gets the latent columns
+    write_wds(str(tmp_path / "raw" / "z.tar"), [{"__key__": "0", "jpg": image_bytes((40, 40)), "txt": "small"}])
     data = str(tmp_path / "prepared")
     run_prep([str(tmp_path / "raw")], data, cfg)
+    assert [p.rows for p in PreparedDataset(data).parts] == [1, 3, 0]
 
-    assert main(["prep-latents", "--data", data, "--ae", str(tmp_path / "ae"), "--batch-size", "2"]) == 0
+    # an actor that takes both CPUs: decoding shares them (one actor) instead of waiting for a free CPU
+    assert main(["prep-latents", "--data", data, "--ae", str(tmp_path / "ae"), "--batch-size", "2", "--num-cpus", "2"]) == 0
     ds = PreparedDataset(data)
+    assert {name: (e["rows"], e["torch_threads"]) for name, e in ds.manifest["latents"]["parts"].items()} == {
+        p.name: (p.rows, 2 if p.rows else None) for p in ds.parts}  # the empty part is written too
+    assert ds.read_part(ds.parts[2], ae_fingerprint=fp).num_rows == 0
     assert ds.latent_fingerprint == fp and ds.manifest["latents"]["shape"] == [32, 4, 4]
     table = ds.read_part(ds.parts[0], columns=["key", "image", "latent", "latent_shape"], ae_fingerprint=fp)
     rows = [r for b in ds.iter_batches(columns=["image", "width", "height"]) for r in b.to_pylist()]

@@ -12,9 +12,9 @@ Cases (each measured side by side in one run):
   prep at two dataset sizes 4x apart (memory must not grow with the dataset).
 - `640x480`: small images (where per-row costs dominate) -> 448 and -> 112 px: same-path loop,
   two loop processes, prep.
-- latents: `vgt prep-latents` (one actor, 1 CPU) against a plain in-process loop (decode, centre
-  crop, `ae.encode`) at the same batch size and thread count (demo preset AE, CPU); the actor's
-  start-up on its own row.
+- latents: `vgt prep-latents` (one actor, 1 CPU; decoding in tasks on the other CPU) against plain
+  in-process loops at the same batch size and thread count (demo preset AE, CPU): decode, centre
+  crop and `ae.encode`, and `ae.encode` alone on crops decoded beforehand; the start-up on its own row.
 
 `--quick`: the mix scaled to 1/4 (100-500 px -> 112 px, 48 images), no 640x480 case and no latents
 (tests/test_prep_latents.py): a smoke run that still checks prep's output against the loop's and
@@ -63,7 +63,7 @@ def run(quick: bool) -> list[dict]:
             return (_case("mix -> 448", mix, cfg448, tmp, memory=True)
                     + _case("640x480 -> 448", small, cfg448, tmp)
                     + _case("640x480 -> 112", small, get_preset("tiny"), tmp)
-                    + _latent_rows(tmp, small[:4], get_preset("demo")))
+                    + _latent_rows(tmp, small[:8], get_preset("demo")))
     finally:
         if started_ray:
             ray.shutdown()
@@ -345,9 +345,12 @@ def _case(label: str, files: list[str], cfg, tmp: str, memory: bool = False) -> 
 # --- latents -------------------------------------------------------------------------------------------
 
 def _latent_rows(tmp: str, files: list[str], cfg) -> list[dict]:
-    """prep-latents (one actor, 1 CPU: one torch thread) against a plain loop at the same batch size
-    and thread count, both decoding, centre-cropping and encoding every row; the actor's start-up
-    (process, AE load) and the driver's part are the wall time beyond the in-actor time."""
+    """prep-latents (one actor, 1 CPU: one torch thread; decoding in Ray Data tasks on the other
+    CPU) against plain loops at the same batch size and thread count: one that decodes,
+    centre-crops and encodes every row (what one process does), one that only encodes crops decoded
+    beforehand (the actor's own work). The actor's time is what its calls took (pixel conversion,
+    encoding, the copy back); the rest of the wall time is start-up (processes, AE load), the driver
+    (gathering latents, writing parts) and the pipeline's fill and drain, on a row of its own."""
     import torch
 
     from pipelines.prep.add_latents import run_prep_latents
@@ -355,6 +358,7 @@ def _latent_rows(tmp: str, files: list[str], cfg) -> list[dict]:
     from vgt.ae import VGTAutoencoder
     from vgt.data import PreparedDataset
     from vgt.data.encode import center_crop_pixels, encode_pixels
+    from vgt.data.images import center_crops, uint8_to_pixels
 
     data = os.path.join(tmp, "prepared", "latents")
     run_prep(files, data, cfg, overwrite=True)
@@ -364,26 +368,38 @@ def _latent_rows(tmp: str, files: list[str], cfg) -> list[dict]:
     ae.save_pretrained(ae_dir)
     ds = PreparedDataset(data)
     images = [b for batch in ds.iter_batches(columns=["image"]) for b in batch.column("image").to_pylist()]
+    res, batches = cfg.data.resolution, range(0, len(images), LATENT_BATCH)
+    crops = [center_crops(images[i: i + LATENT_BATCH], res) for i in batches]
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the actor's: num_cpus=1 -> one torch thread
     try:
-        encode_pixels(ae, center_crop_pixels(images[:LATENT_BATCH], cfg.data.resolution))  # warm-up
+        encode_pixels(ae, center_crop_pixels(images[:LATENT_BATCH], res))  # warm-up
         start = time.perf_counter()
-        for i in range(0, len(images), LATENT_BATCH):
-            encode_pixels(ae, center_crop_pixels(images[i: i + LATENT_BATCH], cfg.data.resolution))
+        for i in batches:
+            encode_pixels(ae, center_crop_pixels(images[i: i + LATENT_BATCH], res))
         loop_s = time.perf_counter() - start
+        start = time.perf_counter()
+        for c in crops:
+            encode_pixels(ae, uint8_to_pixels(c))
+        encode_s = time.perf_counter() - start
     finally:
         torch.set_num_threads(threads)
-    start = time.perf_counter()
-    manifest = run_prep_latents(data, ae_dir, batch_size=LATENT_BATCH, concurrency=1, num_cpus=1, overwrite=True)
-    wall_s = time.perf_counter() - start
-    in_actor_s = sum(p["seconds"] for p in manifest["latents"]["parts"].values())  # read+decode+encode+write
+    with ProcessSampler(memory=False, every_s=1.0) as cpu:
+        start = time.perf_counter()
+        manifest = run_prep_latents(data, ae_dir, batch_size=LATENT_BATCH, concurrency=1, num_cpus=1, overwrite=True)
+        wall_s = time.perf_counter() - start
+    parts = manifest["latents"]["parts"]
+    in_actor_s = sum(p["seconds"] for p in parts.values())
     n, ae_name = len(images), f"{cfg.name} AE, batch {LATENT_BATCH}, 1 thread"
+    actor_threads = {p["torch_threads"] for p in parts.values()}
     return [
-        {"case": f"latents: encode loop, 1 process ({ae_name})", "images": n, "seconds": round(loop_s, 3),
-         "ms_per_image": 1e3 * loop_s / n},
+        {"case": f"latents: loop, decode + crop + encode, 1 process ({ae_name})", "images": n,
+         "seconds": round(loop_s, 3), "ms_per_image": 1e3 * loop_s / n},
+        {"case": f"latents: loop, encode only (crops decoded beforehand) ({ae_name})", "images": n,
+         "seconds": round(encode_s, 3), "ms_per_image": 1e3 * encode_s / n},
         {"case": f"latents: vgt prep-latents, 1 actor, in-actor ({ae_name})", "images": n, "seconds": round(in_actor_s, 3),
-         "ms_per_image": 1e3 * in_actor_s / n, "speedup": loop_s / in_actor_s, "note": "vs the encode loop"},
+         "ms_per_image": 1e3 * in_actor_s / n, "speedup": loop_s / in_actor_s, "vs_encode_only": encode_s / in_actor_s,
+         "torch_threads": max(actor_threads), "note": "speedup: vs the decode + crop + encode loop"},
         {"case": "latents: vgt prep-latents start-up + driver (wall - in-actor)", "seconds": round(wall_s - in_actor_s, 3),
-         "note": f"wall {wall_s:.2f} s"},
+         **cpu.cpu_seconds(), "note": f"wall {wall_s:.2f} s; CPU s of the whole run (start-up included)"},
     ]

@@ -7,12 +7,12 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from .images import center_crop, decode_image, to_pixels
+from .images import center_crops, uint8_to_pixels
 
 
 def center_crop_pixels(images: Sequence[bytes], resolution: int) -> torch.Tensor:
     """Prepared image bytes -> float32 [B, 3, resolution, resolution] in [-1, 1] (centre crops)."""
-    return to_pixels([center_crop(decode_image(b), resolution) for b in images])
+    return uint8_to_pixels(center_crops(images, resolution))
 
 
 @torch.inference_mode()

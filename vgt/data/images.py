@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import io
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 from PIL import Image
@@ -33,9 +33,19 @@ def to_uint8(pixels: torch.Tensor) -> np.ndarray:
     return ((pixels.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
+def center_crops(images: Sequence[bytes], size: int) -> np.ndarray:
+    """Prepared image bytes -> uint8 [B, size, size, 3]: their decoded centre crops (no torch)."""
+    return np.stack([np.asarray(center_crop(decode_image(b), size), dtype=np.uint8) for b in images])
+
+
 def to_pixels(images: list[Image.Image]) -> torch.Tensor:
     """Same-size RGB images -> float32 [B, 3, H, W] in [-1, 1] (x / 127.5 - 1)."""
+    return uint8_to_pixels(np.stack([np.asarray(img, dtype=np.uint8) for img in images]))
+
+
+def uint8_to_pixels(arr: np.ndarray) -> torch.Tensor:
+    """uint8 [B, H, W, 3] -> float32 [B, 3, H, W] in [-1, 1] (x / 127.5 - 1): `to_uint8`'s inverse.
+    `arr` may be read-only (a Ray object): the float copy is made by numpy."""
     import torch  # here, so prep workers that only clean rows never import torch
 
-    arr = np.stack([np.asarray(img, dtype=np.uint8) for img in images])
-    return torch.from_numpy(arr).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+    return torch.from_numpy(arr.astype(np.float32)).permute(0, 3, 1, 2).div_(127.5).sub_(1.0)
