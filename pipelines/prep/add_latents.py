@@ -1,7 +1,7 @@
 """`vgt prep-latents`: add the AE's latents of each row's centre crop to a prepared dataset.
 
 A Ray Data pipeline of two stages: CPU actors read parts and decode + centre-crop their rows into
-blocks of uint8 crops (`_CropParts`), and an actor pool whose actors each load the
+blocks of uint8 crops (`vgt.data.crops.CropParts`), and an actor pool whose actors each load the
 `VGTAutoencoder` once encodes those blocks in batches of `batch_size` (`LatentEncoder`). Decoding
 thus runs in other processes while the actors encode (no thread in the actor competes with the
 encoder for the GIL), and a batch may span parts. The driver gathers each part's latents and
@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 from vgt import io as vio
 from vgt.artifacts import ArtifactError, read_component_config
 from vgt.data import layout
-from vgt.data.images import center_crops
+from vgt.data.crops import CropParts, part_crops
 from vgt.data.latents import latents_to_columns
 from vgt.data.reader import BASE_COLUMNS, Part, PreparedDataset, load_manifest
 from vgt.progress import Progress
@@ -106,7 +106,7 @@ def _encode_in_process(parts: list[Part], out: str, resolution: int, batch_size:
     """The pipeline's work one part after another in this process (no overlap, no Ray)."""
     for part in parts:
         gather = _PartLatents(part)
-        for crops in _part_crops(part.name, part.uri, resolution, batch_size):
+        for crops in part_crops(part.name, part.uri, resolution, batch_size):
             gather.add(encoder(crops))
         yield gather.write(out)
 
@@ -133,7 +133,7 @@ def _encode_parts(parts: list[Part], out: str, resolution: int, batch_size: int,
         # One block per part, so parts are read and decoded in parallel, one call each.
         override_num_blocks=len(gathers))
     ds = ds.map_batches(
-        _CropParts, fn_constructor_args=(resolution, batch_size),
+        CropParts, fn_constructor_args=(resolution, batch_size),
         # One part per call; the generator yields blocks of crops as it decodes (bounded memory).
         batch_size=1,
         num_cpus=1 if spare >= 1 else 0,
@@ -159,28 +159,6 @@ def _encode_parts(parts: list[Part], out: str, resolution: int, batch_size: int,
     if gathers:  # the manifest promised more rows than the part files hold
         raise ArtifactError(f"prep-latents: parts {sorted(gathers)[:3]} ended with rows missing; "
                             "their files do not match the manifest (rebuild them with `vgt prep`)")
-
-
-def _part_crops(name: str, uri: str, resolution: int, batch_size: int):
-    """{part, row, pixels (uint8 [n, r, r, 3] centre crops)} per `batch_size` rows of a part."""
-    row = 0
-    for batch in layout.open_parquet(uri).iter_batches(batch_size=batch_size, columns=["image"]):
-        n = batch.num_rows
-        yield {"part": np.full(n, name), "row": np.arange(row, row + n),
-               "pixels": center_crops(batch.column("image").to_pylist(), resolution)}
-        row += n
-
-
-class _CropParts:
-    """Ray Data actor: the parts named in the batch -> blocks of their rows' crops, as decoded.
-    An actor (not a task) so that Ray Data cannot fuse it into the encoder's actors."""
-
-    def __init__(self, resolution: int, batch_size: int):
-        self.resolution, self.batch_size = resolution, batch_size
-
-    def __call__(self, batch: dict):
-        for name, uri in zip(batch["name"], batch["uri"]):
-            yield from _part_crops(str(name), str(uri), self.resolution, self.batch_size)
 
 
 class LatentEncoder:
