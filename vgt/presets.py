@@ -62,7 +62,11 @@ def _demo() -> VGTConfig:
     layers = [0, 1, 1, 1, 1]
     cfg.ae.decoder.dc_config = dc_ae_config([16, 32, 32, 64, 64], encoder_layers=layers, decoder_layers=layers,
                                             attention_head_dim=8)
-    cfg.ar.head = FlowHeadConfig(width=224, depth=4, timeshift=1.4)
+    # Flow-loss time shift 3 (the reference's InternVL value, 1.4, stays the other presets'): more
+    # training draws at the noisy end, where the head takes the layout from its condition alone; the
+    # quality run at 1600 / 1800 steps scored colour 0.89, count 0.43 against 0.81, 0.32 with 1.4
+    # (README "Why the demo learns slowly"). Sampling does not read it.
+    cfg.ar.head = FlowHeadConfig(width=224, depth=4, timeshift=3.0)
     cfg.data.image_format = "png"  # flat colours: lossless
     cfg.train = TrainConfig(
         ae_stage1=AEStageConfig(steps=1600, batch_size=8, lr=1e-3, end_lr=1e-4, warmup_steps=20, encoder_lr_mult=1.0,

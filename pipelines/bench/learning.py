@@ -29,7 +29,7 @@ VARIANTS: dict[str, Variant] = {
     "AR LR 2e-3": Variant(ar=("train.ar_pretrain.lr=2e-3",)),
     "no AE latent noise": Variant(ae=("train.ae_stage1.noise_gamma=0.0",)),
     "16 latent channels": Variant(ae=("ae.latent_channels=16", "ae.decoder.dc_config.latent_channels=16")),
-    "flow-loss timeshift 3": Variant(ar=("ar.head.timeshift=3.0",)),
+    "flow-loss timeshift 1.4 (the reference)": Variant(ar=("ar.head.timeshift=1.4",)),
     "no chat template": Variant(ar=("ar.prompt_template={caption}", "ar.uncond_prompt=")),
     "EfficientNet feature loss": Variant(ae=("train.ae_stage1.effnet_weight=0.1",)),
 }
