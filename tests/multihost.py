@@ -42,12 +42,13 @@ BIN = Path(sys.executable).parent  # the venv's bin: ray, python (also on the ho
 OBJECT_STORE_BYTES = 100 * 1024**2  # small: several hosts share the machine's RAM
 START_TIMEOUT_S = 300.0  # all attempts together; a loaded 2-core machine needs ~1 min for 3 nodes
 START_ATTEMPTS = 3
-# The GCS's health checks of every raylet (Ray's defaults: every 3 s, 10 s timeout, 5 misses, so
-# ~15 s for a crashed host and ~65 s for a silent one). Tuned so that a lost host is declared dead
-# in ~5 s after a crash (connection refused) and ~15 s after a pulled cable (checks time out),
-# while a nice-19 raylet on a loaded machine still has 5 chances of 2 s to answer.
-HEALTH_CHECKS = {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "2000",
-                 "RAY_health_check_failure_threshold": "5"}
+# The GCS's health checks of every raylet (Ray's defaults: every 3 s, 10 s timeout, 5 misses: ~15 s
+# for a crashed host, ~65 s for a silent one). Tuned so that a crashed host (connection refused) is
+# declared dead in ~5 s and a cut-off one (every check times out) in ~30 s, while a nice-19 raylet
+# on a machine at load 50+ still has 5 chances of 5 s each to answer (2 s timeouts lost live hosts),
+# and a node that just joined is left alone for its first 30 s (Ray: 5 s), while it starts up.
+HEALTH_CHECKS = {"RAY_health_check_period_ms": "1000", "RAY_health_check_timeout_ms": "5000",
+                 "RAY_health_check_failure_threshold": "5", "RAY_health_check_initial_delay_ms": "30000"}
 
 
 def host_ip(i: int) -> str:
@@ -223,16 +224,26 @@ def set_link(i: int, up: bool) -> None:
 
 
 def restart_worker(cluster: Cluster, i: int, timeout_s: float = START_TIMEOUT_S) -> float:
-    """Start worker host I again (after kill_host) and wait until it is alive; returns seconds.
-    Its /tmp keeps what the crashed node left, as a rebooted machine's disk would."""
+    """Start worker host I again (after kill_host or a cut) and wait until it is alive; returns
+    seconds. Its /tmp keeps what the old node left, as a rebooted machine's disk would. Like up(), it
+    tries again (at most START_ATTEMPTS times) when the node misses Ray's 30 s registration window."""
     if i == 0:
         raise ValueError("the head cannot be restarted into a live cluster")
     t0 = time.monotonic()
-    kill_host(i)  # whatever is left (e.g. a cut-off raylet that exited on its own, or did not)
-    cluster.hosts[i] = _start(i, ["--address", cluster.gcs], cluster.host_env())
-    _save(cluster)
-    _wait(f"host {i} alive again", lambda: host_ip(i) in cluster.alive_nodes(), t0 + timeout_s, [cluster.hosts[i]])
-    return time.monotonic() - t0
+    for attempt in range(1, START_ATTEMPTS + 1):
+        kill_host(i)  # whatever is left (e.g. a cut-off raylet, or a failed start)
+        cluster.hosts[i] = _start(i, ["--address", cluster.gcs], cluster.host_env())
+        _save(cluster)
+        try:
+            _wait(f"host {i} alive again", lambda: host_ip(i) in cluster.alive_nodes(), t0 + timeout_s,
+                  [cluster.hosts[i]])
+            return time.monotonic() - t0
+        except HostExited as e:
+            if attempt == START_ATTEMPTS:
+                raise
+            print(f"test hosts: host {i} attempt {attempt} failed, starting it again: {str(e).splitlines()[0]}",
+                  file=sys.stderr)
+    raise AssertionError("unreachable")
 
 
 def _reap() -> None:

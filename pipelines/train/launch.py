@@ -64,11 +64,30 @@ def train(stage: str, stage_key: str, cfg: VGTConfig, data: list[str], out: str,
     steps = steps or getattr(cfg.train, stage_key).steps
     spec = LoopSpec(stage=stage, stage_key=stage_key, config=to_dict(cfg), data=uris, out=out, steps=steps,
                     weights=weights, init=init, ae=ae)
-    metrics = fit(spec, ray_cfg, default_strategy_gpu)
+    metrics = fit_resuming(spec, ray_cfg, default_strategy_gpu)
     print(f"{stage_key}: step {metrics.get('step')} of {steps}, loss {metrics.get('loss')}; "
           f"run folder {out}" + (f", export {vio.join(out, 'export')}" if metrics.get("step") == steps else
                                  " (stopped early: rerun to continue)"), flush=True)
     return metrics
+
+
+def fit_resuming(spec: LoopSpec, ray_cfg: RayTrainConfig, default_strategy_gpu: str = "ddp") -> dict:
+    """`fit`, run again from the latest checkpoint after a controller error, within `ray.max_failures`.
+
+    Ray Train restarts a failed worker group itself (FailureConfig), but a node that goes silent
+    (a pulled cable, not a crash) surfaces as a ControllerError ("the actor's node was terminated
+    unexpectedly"), which it does not retry; a new run in the same folder resumes as a rerun would."""
+    from ray.train import ControllerError
+
+    for attempt in range(ray_cfg.max_failures + 1):
+        try:
+            return fit(spec, ray_cfg, default_strategy_gpu)
+        except ControllerError as err:
+            if attempt == ray_cfg.max_failures:
+                raise
+            print(f"{spec.stage_key}: Ray Train's controller failed ({str(err).strip().splitlines()[-1]}); "
+                  "resuming from the latest checkpoint", flush=True)
+    raise AssertionError("unreachable")
 
 
 def fit(spec: LoopSpec, ray_cfg: RayTrainConfig, default_strategy_gpu: str = "ddp") -> dict:
