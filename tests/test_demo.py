@@ -117,7 +117,8 @@ def prompt_lift_short_of(metrics: dict, margins: dict) -> dict:
 @pytest.mark.timeout(1500)  # ~8 min on 2 idle cores; 17 min while another process took a core
 def test_short_demo_follows_its_prompts(tmp_path):
     out = tmp_path / "demo"
-    proc = run_demo(out, "--budget-minutes", "6", "--ae-steps", str(SHORT_STEPS["ae"]), "--ar-steps",
+    # --out relative to the working directory, as `make demo` passes it (Ray workers run elsewhere)
+    proc = run_demo(os.path.relpath(out, REPO), "--budget-minutes", "6", "--ae-steps", str(SHORT_STEPS["ae"]), "--ar-steps",
                     str(SHORT_STEPS["ar"]), "--train-images", "2000", "--heldout-images", "24", "--n", "2",
                     timeout=1450)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
