@@ -37,12 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     from pipelines.prep.add_latents import run_prep_latents
     from ray_jobs._entry import defer_ray
-    from vgt import io as vio
 
     defer_ray(args.address)  # Ray starts only once there is work: input mistakes fail fast, without a cluster
-    # local paths made absolute: the encoder actors do not run in this directory
-    data, ae, out = (vio.absolute(p) if p else p for p in (args.data, args.ae, args.out))
-    run_prep_latents(data, ae, out, batch_size=args.batch_size, concurrency=args.concurrency,
+    run_prep_latents(args.data, args.ae, args.out, batch_size=args.batch_size, concurrency=args.concurrency,
                      num_gpus=args.num_gpus, num_cpus=args.num_cpus, bf16=args.bf16, overwrite=args.overwrite)
     return 0
 

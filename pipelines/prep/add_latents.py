@@ -43,6 +43,8 @@ def run_prep_latents(data: str, ae: str, output: str | None = None, batch_size: 
     `in_process`: encode the parts one after another in this process, without Ray (small datasets:
     calibration, debugging); the parts and manifest are the same."""
     started = time.time()
+    # local paths made absolute: the Ray actors do not run in the caller's directory
+    data, ae, output = (vio.absolute(p) if p else p for p in (data, ae, output))
     src = PreparedDataset(data)
     out = data if output is None or output.rstrip("/") == data.rstrip("/") else output
     fingerprint = read_component_config(ae, "ae")["fingerprint"]
