@@ -182,17 +182,7 @@ def still_running(snapshot: list[tuple[int, int]]) -> list[int]:
 def down() -> None:
     """Remove every namespace, interface, process and file `up` made. Idempotent; needs no state
     (after a crash it finds everything by name), and kills only processes inside our namespaces."""
-    for _ in range(100):  # SIGKILL, as a crash would; repeat while a dying parent still forks
-        pids = [p for ns in namespaces() for p in pids_in(ns)]
-        if not pids:
-            break
-        for pid in pids:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-        time.sleep(0.1)
-        _reap()  # a zombie child of ours would otherwise stay listed in its namespace
-    else:
-        raise RuntimeError(f"test hosts: processes {pids} survive SIGKILL; namespaces left in place")
+    _kill_all(lambda: [p for ns in namespaces() for p in pids_in(ns)], "test hosts", "; namespaces left in place")
     for ns in namespaces():
         _ip("netns", "del", ns)  # its eth0 goes with it, and so does the root-side veth peer
     for link in links():
@@ -203,9 +193,15 @@ def down() -> None:
 def kill_host(i: int) -> int:
     """Crash host I: SIGKILL every process in its namespace (its raylet and all its workers at
     once, as a kernel panic or a spot reclaim would). Returns how many processes it ended."""
+    return _kill_all(lambda: pids_in(f"{PREFIX}{i}"), f"test host {i}")
+
+
+def _kill_all(list_pids, who: str, consequence: str = "") -> int:
+    """SIGKILL, as a crash would, what `list_pids()` lists until it lists nothing (a dying parent may
+    still fork); returns how many processes ended."""
     killed: set[int] = set()
     for _ in range(100):
-        pids = pids_in(f"{PREFIX}{i}")
+        pids = list_pids()
         if not pids:
             return len(killed)
         for pid in pids:
@@ -213,8 +209,8 @@ def kill_host(i: int) -> int:
                 os.kill(pid, signal.SIGKILL)
         killed.update(pids)
         time.sleep(0.1)
-        _reap()
-    raise RuntimeError(f"test host {i}: processes {pids} survive SIGKILL")
+        _reap()  # a zombie child of ours would otherwise stay listed in its namespace
+    raise RuntimeError(f"{who}: processes {pids} survive SIGKILL{consequence}")
 
 
 def set_link(i: int, up: bool) -> None:
