@@ -150,9 +150,11 @@ class Job:
     """`ray job submit -- vgt ARGV` from the root namespace to the head's job server, as a user
     submits it (the S3 endpoint and credentials in the job's runtime env), running in the background."""
 
-    def __init__(self, hosts, s3: S3Server, *argv: str):
+    def __init__(self, hosts, s3: S3Server, *argv: str, working_dir: Path | None = None):
         env = {k: os.environ[k] for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_DEFAULT_REGION")}
         runtime_env = {"env_vars": {**env, "AWS_ENDPOINT_URL": s3.url, "OMP_NUM_THREADS": "1"}}
+        if working_dir is not None:  # uploaded by Ray; the job starts in its copy on the head
+            runtime_env["working_dir"] = str(working_dir)
         self.log = tempfile.TemporaryFile("w+")  # not a pipe: nobody reads it while the job runs
         self.t0 = time.monotonic()
         self.proc = subprocess.Popen(
@@ -167,10 +169,14 @@ class Job:
         finally:
             self.stop()
         self.seconds = round(time.monotonic() - self.t0, 1)
-        self.log.seek(0)
-        out = self.log.read()
+        out = self.output()
         assert self.proc.returncode == 0 and "succeeded" in out, out[-4000:]
         return out
+
+    def output(self) -> str:
+        """What `ray job submit` printed so far (the job's logs, followed)."""
+        self.log.seek(0)
+        return self.log.read()
 
     def stop(self) -> None:
         """End the local `ray job submit` if it still runs (the cluster's teardown ends the job)."""
@@ -416,15 +422,17 @@ def test_serve_answers_with_sampler_and_decoder_replicas_spread_over_hosts(hosts
 
     spread = {"num_replicas": 2, "autoscaling_config": None, "max_replicas_per_node": 1}
     config = with_overrides(load_config(), deployments={"ARSampler": spread, "AEDecoder": spread})
-    path = tmp_path / "serve.yaml"  # under the shared work tree: the head reads it
-    path.write_text(yaml.safe_dump(config))
+    # the head has its own /tmp, so the config travels as the job's working dir, as a user would send it
+    (tmp_path / "job").mkdir()
+    (tmp_path / "job" / "serve.yaml").write_text(yaml.safe_dump(config))
     model = f"s3://{BUCKET}/ar-ref/export"
-    job = Job(hosts, s3, "serve", "--model", model, "--name", "tiny", "--host", "0.0.0.0", "--config", str(path))
+    job = Job(hosts, s3, "serve", "--model", model, "--name", "tiny", "--host", "0.0.0.0", "--config", "serve.yaml",
+              working_dir=tmp_path / "job")
     url = f"http://{hosts.head.ip}:{SERVE_PORT}"
     try:
         deadline = time.monotonic() + JOB_TIMEOUT_S
         while True:
-            assert job.proc.poll() is None, "vgt serve ended"
+            assert job.proc.poll() is None, f"vgt serve ended:\n{job.output()[-4000:]}"
             with contextlib.suppress(httpx.HTTPError):
                 if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
                     break
