@@ -10,7 +10,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import sys
+from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -263,19 +265,29 @@ def test_threads_per_worker_sets_the_workers_torch_threads(ray_cluster, toy_data
 
 
 def test_exact_resume_mid_epoch_then_fault_tolerance(toy_data, toy_full, tmp_path):
-    """Stop at step 5 (mid-epoch), rerun to 12: it restarts at 5. In that rerun rank 1 dies after
-    step 10 (max_failures=1): the group restarts from the step-8 checkpoint, not from 0. Losses of
-    steps 6..12 and the final weights are bitwise those of the uninterrupted run."""
+    """Stop at step 5 (mid-epoch), rerun to 12: it restarts at 5, not at the step-8 folder an upload
+    cut short left behind. In that rerun rank 1 dies after step 10 (max_failures=1): the group
+    restarts from the step-8 checkpoint, not from 0. Losses of steps 6..12 and the final weights are
+    bitwise those of the uninterrupted run."""
+    from pipelines.train.launch import latest_checkpoint_state
     from vgt.train.checkpoint import TrainInputError
 
     # 64 rows / (2 ranks x 4) = 8 steps per epoch: 5 is mid-epoch, 12 is in epoch 2.
     part = toy_spec([toy_data], str(tmp_path / "part"), steps=12, stop_at=5)
     fit_toy(part)
     assert starts(part.out) == [0]
+    # what an interrupted step-8 upload leaves: rank 0's state.json and RNG, nothing of rank 1's
+    done, cut = (os.path.join(part.out, "checkpoints", f"step-{s:08d}") for s in (5, 8))
+    os.makedirs(cut)
+    state = json.loads(Path(done, "state.json").read_text())
+    Path(cut, "state.json").write_text(json.dumps({**state, "step": 8}))
+    shutil.copy(os.path.join(done, "rng-rank0.safetensors"), cut)
+    assert latest_checkpoint_state(part.out)["step"] == 5
     with pytest.raises(TrainInputError, match="written by 2 workers; this run has 1"):
         fit_toy(toy_spec([toy_data], part.out, steps=12), workers=1)
     fit_toy(toy_spec([toy_data], part.out, steps=12), fail_at_step=10, max_failures=1)
     assert starts(part.out) == [0, 5, 8]
+    assert json.loads(Path(part.out, "provenance.json").read_text())["resumed_from_step"] == 5
     assert os.path.exists(os.path.join(part.out, "injected-failure-step-10"))
     a, b = losses(toy_full), losses(part.out)
     assert sorted(a) == sorted(b) == list(range(1, 13))

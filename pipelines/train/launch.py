@@ -14,6 +14,7 @@ Resuming is running the same command again: Ray Train V2 finds the latest checkp
 """
 from __future__ import annotations
 
+import posixpath
 from dataclasses import asdict
 
 from vgt.train.checkpoint import STATE_FILE, TrainInputError, check_compatible
@@ -26,6 +27,10 @@ from vgt.config import VGTConfig, to_dict
 from vgt.progress import Progress
 from vgt.provenance import collect_provenance
 from vgt.train.tracking import check_tracking, open_tracker
+
+
+# Ray Train's record of the checkpoints it registered, in OUT/checkpoints (ray.train.v2 constants)
+SNAPSHOT_FILE = "checkpoint_manager_snapshot.json"
 
 
 def resolve_strategy(strategy: str, use_gpu: bool, default_gpu: str) -> str:
@@ -41,9 +46,19 @@ def cluster_has_gpu() -> bool:
 
 
 def latest_checkpoint_state(out: str) -> dict | None:
-    """state.json of the newest checkpoint under OUT/checkpoints (None before the first one)."""
-    states = vio.glob(vio.join(out, RUN_NAME, "step-*", STATE_FILE))  # sorted; step numbers zero-padded
-    return vio.read_json(states[-1]) if states else None
+    """state.json of the checkpoint a run in OUT resumes from (None before the first one).
+
+    That is the newest checkpoint Ray Train registered (its snapshot file lists a checkpoint only
+    once every rank's upload finished), not the newest step-N folder: an upload cut short (a host
+    lost, an S3 stall, the job stopped) leaves a partial folder that Ray does not resume from."""
+    from ray.train import Result
+
+    fs, path = vio.pyarrow_fs(out)
+    run = vio.join(out, RUN_NAME)
+    if not vio.exists(vio.join(run, SNAPSHOT_FILE)):
+        return None
+    checkpoint = Result.from_path(vio.join(path, RUN_NAME), storage_filesystem=fs).checkpoint
+    return vio.read_json(vio.join(run, posixpath.basename(checkpoint.path), STATE_FILE)) if checkpoint else None
 
 
 def train(stage: str, stage_key: str, cfg: VGTConfig, data: list[str], out: str, ray_cfg: RayTrainConfig,
