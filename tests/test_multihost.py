@@ -2,13 +2,14 @@
 private bridge, a Ray head in one and a worker node in each other, each with its own address and
 its own /tmp, and an S3 server on the bridge (tests/s3_server.py) that every host reaches. Jobs go
 through `ray job submit` to the head's job server, as a user's would: tasks and objects across
-hosts; `vgt prep` and `vgt train-ar` (DDP on gloo, one worker per host, checkpoints on S3) with
-their work spread over the hosts; `vgt serve` with its replicas spread over the hosts. Faults:
-a worker host killed (every process at once, as a crash) in the middle of prep and of training,
-and a worker host's cable pulled mid-training: nothing is lost and the result equals the
-undisturbed one. Faults happen at points made by construction: the S3
-server holds the requests that mark the point (a part upload, a checkpoint upload) until the fault
-is in place. Teardown leaves no namespace, interface or process."""
+hosts; `vgt prep`, `vgt prep-latents` and `vgt train-ar` (DDP on gloo, one worker per host,
+checkpoints on S3) with their work spread over the hosts; `vgt serve` with its replicas spread over
+the hosts. Faults: a worker host killed (every process at once, as a crash) in the middle of prep,
+of training and under serving load; a worker host's cable pulled mid-training; the S3 server
+stalling mid-checkpoint. Nothing is lost and the result equals the undisturbed one. Faults happen
+at points made by construction: the S3 server holds the requests that mark the point (a part
+upload, a checkpoint upload) until the fault is in place. Teardown leaves no namespace, interface
+or process."""
 from __future__ import annotations
 
 import contextlib
@@ -156,9 +157,10 @@ class Job:
         if working_dir is not None:  # uploaded by Ray; the job starts in its copy on the head
             runtime_env["working_dir"] = str(working_dir)
         self.log = tempfile.TemporaryFile("w+")  # not a pipe: nobody reads it while the job runs
-        self.t0 = time.monotonic()
+        self.t0, self.hosts = time.monotonic(), hosts
+        self.id = f"vgt-test-{os.urandom(4).hex()}"
         self.proc = subprocess.Popen(
-            [str(multihost.BIN / "ray"), "job", "submit", "--address", hosts.dashboard,
+            [str(multihost.BIN / "ray"), "job", "submit", "--address", hosts.dashboard, "--submission-id", self.id,
              "--runtime-env-json", json.dumps(runtime_env), "--", "vgt", *argv],
             env=hosts.client_env(), stdout=self.log, stderr=subprocess.STDOUT, text=True)
 
@@ -177,6 +179,13 @@ class Job:
         """What `ray job submit` printed so far (the job's logs, followed)."""
         self.log.seek(0)
         return self.log.read()
+
+    def cancel(self) -> None:
+        """`ray job stop`, as a user stops a job: its driver and every actor it owns end; returns once
+        the job server reports it stopped."""
+        subprocess.run([str(multihost.BIN / "ray"), "job", "stop", "--address", self.hosts.dashboard, self.id],
+                       env=self.hosts.client_env(), check=True, capture_output=True, timeout=120)
+        self.stop()
 
     def stop(self) -> None:
         """End the local `ray job submit` if it still runs (the cluster's teardown ends the job)."""
@@ -269,6 +278,44 @@ def test_prep_on_s3_spreads_parts_over_every_host_and_survives_a_host_killed_mid
         assert got.equals(pq.read_table(prep_run["reference_dir"] / f"{n}.parquet")), n
 
 
+@pytest.mark.timeout(1200)
+def test_prep_latents_on_s3_decodes_and_encodes_on_every_host(hosts, s3, prep_run, tmp_path):
+    """`vgt prep-latents` of the prepared parts on s3:// with two AE actors of one CPU each: with one
+    CPU per host, the two encoders and the decoding actor sit on three different hosts. Every part
+    gets its latents once, equal to encoding the same parts in this process (one thread each)."""
+    import pyarrow.parquet as pq
+    import torch
+
+    from pipelines.prep.add_latents import run_prep_latents
+    from vgt.data.latents import latents_from_columns
+    from vgt.data.layout import part_uri
+
+    job = Job(hosts, s3, "prep-latents", "--data", f"s3://{BUCKET}/prepared", "--ae", f"s3://{BUCKET}/ae", "--out",
+              f"s3://{BUCKET}/latents", "--concurrency", "2", "--num-cpus", "1", "--batch-size", "4")
+    job.wait()
+    placed = {name.split("(")[-1].rstrip(")"): ips for name, ips in actor_hosts(hosts, ("ALIVE", "DEAD")).items()
+              if name.startswith("MapWorker(")}
+    print(f"\nprep-latents across hosts: {job.seconds} s, actors {placed}")
+    assert len(set(placed["LatentEncoder"])) == 2 and len(set(placed["LatentEncoder"]) | set(placed["CropParts"])) == 3
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each actor
+    try:
+        reference = run_prep_latents(str(prep_run["reference_dir"]), f"s3://{BUCKET}/ae", str(tmp_path / "latents"),
+                                     batch_size=4, in_process=True)
+    finally:
+        torch.set_num_threads(threads)
+    manifest = vio.read_json(f"s3://{BUCKET}/latents/manifest.json")
+    names = sorted(reference["latents"]["parts"])
+    assert len(names) == N_SHARDS and sorted(manifest["latents"]["parts"]) == names
+    assert sorted(manifest["latents"]["parts_encoded"]) == names
+    for n in names:
+        got, ref = (pq.read_table(io.BytesIO(vio.read_bytes(part_uri(root, n))), columns=["key", "latent", "latent_shape"])
+                    for root in (f"s3://{BUCKET}/latents", str(tmp_path / "latents")))
+        assert got["key"].to_pylist() == ref["key"].to_pylist()
+        a, b = (latents_from_columns(t["latent"], t["latent_shape"]) for t in (got, ref))
+        assert a.shape == (PER_SHARD, *manifest["latents"]["shape"]) and np.array_equal(a, b), n
+
+
 def train_ar(hosts, s3, run: str) -> Job:
     """`vgt train-ar` on the prepared parts (latents encoded on the fly by the frozen AE), 2 DDP
     workers on gloo (one CPU each, so one per host), a checkpoint every 2 of 4 steps, all on S3."""
@@ -355,11 +402,15 @@ def assert_resumed_bitwise_equal(fault: dict) -> None:
     # the restarted group ran on the two other hosts (the survivor and the spare)
     rerun = {ip for p, ips in fault["writers"].items() if "rng-rank" in p for ip in ips}
     assert len(rerun - {fault["victim_ip"]}) == 2
-    # one consistent history, the same losses as the undisturbed run, and bitwise the same weights
-    ref, got = metrics("ar-ref"), metrics(fault["run"])
+    assert_same_as_undisturbed(fault["run"])
+
+
+def assert_same_as_undisturbed(run: str) -> None:
+    """One consistent history, the same losses as the undisturbed run, and bitwise the same weights."""
+    ref, got = metrics("ar-ref"), metrics(run)
     assert [m["step"] for m in got if "loss" in m] == [1, 2, 3, 4]
     assert [m["loss"] for m in got if "loss" in m] == [m["loss"] for m in ref if "loss" in m]
-    a, b = export_weights("ar-ref"), export_weights(fault["run"])
+    a, b = export_weights("ar-ref"), export_weights(run)
     assert sorted(a) == sorted(b) and all(a[k].equal(b[k]) for k in a)
 
 
@@ -376,12 +427,71 @@ def test_train_ar_recovers_from_a_pulled_cable_as_from_a_crash(hosts, s3, train_
     assert fault["figures"]["declared_dead_after_s"] >= 25
 
 
+def checkpoint_files(run: str, step: int) -> list[str]:
+    import boto3
+
+    prefix = f"{run}/checkpoints/step-{step:08d}/"
+    pages = boto3.client("s3").get_paginator("list_objects_v2").paginate(Bucket=BUCKET, Prefix=prefix)
+    return sorted(o["Key"][len(prefix):] for page in pages for o in page.get("Contents", []))
+
+
+STALL_S = 5.0  # how long the S3 server answers none of the checkpoint's uploads
+
+
+@pytest.mark.timeout(1200)
+def test_s3_stall_mid_checkpoint_leaves_it_complete_or_not_resumed_from(hosts, s3, train_ref):
+    """The step-4 checkpoint's uploads stall on the S3 server (held, unanswered) once both ranks are
+    inside one. First the job is stopped during the stall: whatever part of step 4 reached S3, Ray
+    Train never registered it, and the run's resume point stays step 2. The same command again
+    resumes from step 2; its step-4 upload stalls STALL_S seconds and then goes through: step 4 is
+    complete (the undisturbed run's files), registered, and the run ends bitwise equal to it."""
+    from pipelines.train.launch import latest_checkpoint_state
+
+    run = "ar-stall"
+    figures = {}
+    with s3.hold(puts_under(f"{run}/checkpoints/step-00000004/")) as stall:
+        job = train_ar(hosts, s3, run)
+        try:
+            stall.wait(JOB_TIMEOUT_S, ips=2)
+            time.sleep(STALL_S)
+            t0 = time.monotonic()
+            job.cancel()
+            figures["stop_s"] = round(time.monotonic() - t0, 1)
+        finally:
+            job.stop()
+    figures["cut_files"] = len(checkpoint_files(run, 4))
+    assert latest_checkpoint_state(f"s3://{BUCKET}/{run}")["step"] == 2
+    with s3.hold(puts_under(f"{run}/checkpoints/step-00000004/")) as stall:
+        job = train_ar(hosts, s3, run)
+        try:
+            stall.wait(JOB_TIMEOUT_S, ips=2)
+            time.sleep(STALL_S)
+        except BaseException:
+            job.stop()
+            raise
+    t0 = time.monotonic()
+    out = job.wait()
+    figures |= {"stall_s": STALL_S, "release_to_end_s": round(time.monotonic() - t0, 1), "steps_redone": 2,
+                "complete_files": len(checkpoint_files(run, 4))}
+    print(f"\ntrain-ar with S3 stalls mid-checkpoint: {figures}")
+    assert "resumed at step 2 on 2 worker(s)" in out, out[-4000:]
+    assert checkpoint_files(run, 4) == checkpoint_files("ar-ref", 4)
+    assert latest_checkpoint_state(f"s3://{BUCKET}/{run}")["step"] == 4
+    assert_same_as_undisturbed(run)
+
+
 SERVE_PORT = 8000
 PROMPT = "a red square on a white background"
 
 
 def replica_hosts(hosts) -> dict[str, list[str]]:
     """Deployment name -> host addresses of its live replicas (the head's state API)."""
+    return {name.rsplit(":", 1)[-1]: ips for name, ips in actor_hosts(hosts).items() if name.startswith("ServeReplica:vgt:")}
+
+
+def actor_hosts(hosts, states: tuple[str, ...] = ("ALIVE",)) -> dict[str, list[str]]:
+    """Actor class name -> host addresses of its actors in one of `states` (the head's state API,
+    which keeps ended actors for a while)."""
     import urllib.request
 
     req = urllib.request.Request(f"{hosts.dashboard}/api/v0/actors?limit=1000&detail=1",
@@ -391,8 +501,8 @@ def replica_hosts(hosts) -> dict[str, list[str]]:
     ips = {n["node_id"]: n["node_ip"] for n in _nodes(hosts)}
     out: dict[str, list[str]] = {}
     for a in actors:
-        if a["state"] == "ALIVE" and a["class_name"].startswith("ServeReplica:vgt:"):
-            out.setdefault(a["class_name"].rsplit(":", 1)[-1], []).append(ips[a["node_id"]])
+        if a["state"] in states:
+            out.setdefault(a["class_name"], []).append(ips[a["node_id"]])
     return {k: sorted(v) for k, v in out.items()}
 
 
@@ -405,29 +515,26 @@ def _nodes(hosts) -> list[dict]:
         return json.load(r)["data"]["result"]["result"]
 
 
-@pytest.mark.timeout(1200)
-def test_serve_answers_with_sampler_and_decoder_replicas_spread_over_hosts(hosts, s3, train_ref, tmp_path):
-    """`vgt serve` of the trained export on s3://, submitted as a job (it serves until stopped), with
-    two sampler and two decoder replicas and at most one replica of each per host: the replicas sit
-    on several hosts, and a request to the head's proxy is answered with the image the pipeline
-    gives in this process."""
-    import base64
+SERVE_MODEL = f"s3://{BUCKET}/ar-ref/export"
 
+
+@pytest.fixture(scope="class")
+def served(hosts, s3, train_ref, tmp_path_factory) -> dict:
+    """`vgt serve` of the trained export on s3://, submitted as a job (it serves until stopped), with
+    two sampler and two decoder replicas and at most one replica of each per host; healthy. Scoped
+    to TestServe: its `ray job submit` ends before the teardown test looks for leftovers."""
     import httpx
     import yaml
-    from PIL import Image
 
     from pipelines.serve.config import load_config, with_overrides
-    from vgt.pipeline import VGTPipeline
 
     spread = {"num_replicas": 2, "autoscaling_config": None, "max_replicas_per_node": 1}
     config = with_overrides(load_config(), deployments={"ARSampler": spread, "AEDecoder": spread})
     # the head has its own /tmp, so the config travels as the job's working dir, as a user would send it
-    (tmp_path / "job").mkdir()
-    (tmp_path / "job" / "serve.yaml").write_text(yaml.safe_dump(config))
-    model = f"s3://{BUCKET}/ar-ref/export"
-    job = Job(hosts, s3, "serve", "--model", model, "--name", "tiny", "--host", "0.0.0.0", "--config", "serve.yaml",
-              working_dir=tmp_path / "job")
+    folder = tmp_path_factory.mktemp("serve-job")
+    (folder / "serve.yaml").write_text(yaml.safe_dump(config))
+    job = Job(hosts, s3, "serve", "--model", SERVE_MODEL, "--name", "tiny", "--host", "0.0.0.0", "--config",
+              "serve.yaml", working_dir=folder)
     url = f"http://{hosts.head.ip}:{SERVE_PORT}"
     try:
         deadline = time.monotonic() + JOB_TIMEOUT_S
@@ -438,25 +545,128 @@ def test_serve_answers_with_sampler_and_decoder_replicas_spread_over_hosts(hosts
                     break
             assert time.monotonic() < deadline, "vgt serve not healthy in time"
             time.sleep(1)
-        ready_s = round(time.monotonic() - job.t0, 1)
-        t0 = time.monotonic()
-        r = httpx.post(f"{url}/v1/images/generations", timeout=120,
-                       json={"prompt": PROMPT, "seed": 3, "n": 1, "size": "112x112", "response_format": "b64_json"})
-        request_s = round(time.monotonic() - t0, 2)
-        placed = replica_hosts(hosts)
+        yield {"url": url, "ready_s": round(time.monotonic() - job.t0, 1)}
     finally:
         job.stop()
-    print(f"\nvgt serve across hosts: healthy {ready_s} s after submit, one request {request_s} s, replicas {placed}")
-    assert r.status_code == 200, r.text[:2000]
-    assert len(set(placed["ARSampler"])) == 2 and len(set(placed["AEDecoder"])) == 2, placed
-    assert len(set(placed["ARSampler"]) | set(placed["AEDecoder"])) >= 2
-    served = np.asarray(Image.open(io.BytesIO(base64.b64decode(r.json()["data"][0]["b64_json"]))).convert("RGB"))
-    pipe = VGTPipeline.from_pretrained(model)
-    sample = pipe.config.sample
-    (local,) = pipe(PROMPT, seed=3, guidance_scale=sample.guidance_scale, num_steps=sample.num_steps,
-                    parallel_tokens=sample.parallel_tokens)
-    assert served.shape == (112, 112, 3)
-    assert np.abs(served.astype(int) - np.asarray(local)).max() <= 1  # other thread counts: +-1 level
+
+
+def generate(url: str, seed: int):
+    import httpx
+
+    return httpx.post(f"{url}/v1/images/generations", timeout=120, json={
+        "prompt": PROMPT, "seed": seed, "n": 1, "size": "112x112", "response_format": "b64_json"})
+
+
+LOAD_CLIENTS = 2  # each sends one request after another
+CLIENT_RETRIES = 5  # the openai SDK's max_retries (its default is 2); it retries 5xx, honouring Retry-After
+
+
+class TestServe:
+    """`vgt serve` across the hosts: one deployment (the class-scoped `served`), two tests."""
+
+    @pytest.mark.timeout(1200)
+    def test_serve_answers_with_sampler_and_decoder_replicas_spread_over_hosts(self, hosts, served):
+        """The replicas sit on several hosts, and a request to the head's proxy is answered with the
+        image the pipeline gives in this process."""
+        import base64
+
+        from PIL import Image
+
+        from vgt.pipeline import VGTPipeline
+
+        t0 = time.monotonic()
+        r = generate(served["url"], seed=3)
+        request_s = round(time.monotonic() - t0, 2)
+        placed = replica_hosts(hosts)
+        print(f"\nvgt serve across hosts: healthy {served['ready_s']} s after submit, one request {request_s} s, "
+              f"replicas {placed}")
+        assert r.status_code == 200, r.text[:2000]
+        assert len(set(placed["ARSampler"])) == 2 and len(set(placed["AEDecoder"])) == 2, placed
+        assert len(set(placed["ARSampler"]) | set(placed["AEDecoder"])) >= 2
+        served_image = np.asarray(Image.open(io.BytesIO(base64.b64decode(r.json()["data"][0]["b64_json"]))).convert("RGB"))
+        pipe = VGTPipeline.from_pretrained(SERVE_MODEL)
+        sample = pipe.config.sample
+        (local,) = pipe(PROMPT, seed=3, guidance_scale=sample.guidance_scale, num_steps=sample.num_steps,
+                        parallel_tokens=sample.parallel_tokens)
+        assert served_image.shape == (112, 112, 3)
+        assert np.abs(served_image.astype(int) - np.asarray(local)).max() <= 1  # other thread counts: +-1 level
+
+
+    @pytest.mark.timeout(1200)
+    def test_serve_loses_a_host_under_load_without_failing_a_request(self, hosts, served):
+        """Steady load from the official `openai` client, then a worker host holding a sampler replica is
+        killed (every process at once). Every request is answered 200: the ingress retries a call whose
+        replica died, the client retries what the service answers 5xx. Serve starts the lost replicas
+        again on the surviving hosts. The host is started again afterwards."""
+        import threading
+
+        import httpx
+        import openai
+
+        placed = replica_hosts(hosts)
+        victim_ip = sorted(set(placed["ARSampler"]) - {hosts.head.ip})[0]
+        victim = [h.ip for h in hosts.hosts].index(victim_ip)
+        answers: list[dict] = []  # per request: start, seconds, ok, 5xx answers the client retried, ingress retries
+        stop, lock = threading.Event(), threading.Lock()
+
+        def client_loop(k: int) -> None:
+            seen = []
+            http = httpx.Client(event_hooks={"response": [lambda r: seen.append(r.status_code)]})
+            client = openai.OpenAI(base_url=f"{served['url']}/v1", api_key="unused", max_retries=CLIENT_RETRIES,
+                                   http_client=http, timeout=120)
+            seed = 1000 * k
+            while not stop.is_set():
+                seen.clear()
+                t0 = time.monotonic()
+                try:
+                    raw = client.images.with_raw_response.generate(prompt=PROMPT, n=1, size="112x112",
+                                                                   response_format="b64_json", extra_body={"seed": seed})
+                    ok, ingress = len(raw.parse().data) == 1, int(raw.headers.get("x-vgt-retries", 0))
+                except openai.OpenAIError as err:
+                    ok, ingress = repr(err)[:300], 0
+                with lock:
+                    answers.append({"t": t0, "s": time.monotonic() - t0, "ok": ok, "ingress_retries": ingress,
+                                    "client_retries": sum(code >= 500 for code in seen)})
+                seed += 1
+
+        threads = [threading.Thread(target=client_loop, args=(k,), daemon=True) for k in range(LOAD_CLIENTS)]
+        for t in threads:
+            t.start()
+        try:
+            time.sleep(5)  # steady load before the loss
+            t_lost = time.monotonic()
+            killed = multihost.kill_host(victim)
+            deadline = t_lost + JOB_TIMEOUT_S
+            while True:  # both deployments at full strength again, on the surviving hosts
+                now = replica_hosts(hosts)
+                if all(len(set(now.get(d, []))) == 2 and victim_ip not in now[d] for d in ("ARSampler", "AEDecoder")):
+                    break
+                assert time.monotonic() < deadline, f"replicas not back: {now}"
+                time.sleep(0.5)
+            back_s = time.monotonic() - t_lost
+            time.sleep(5)  # steady load after the recovery
+        finally:
+            stop.set()
+            for t in threads:
+                t.join(timeout=150)
+        restart_s = multihost.restart_worker(hosts, victim)
+
+        def p(q: float, rows: list[dict]) -> float:
+            return round(float(np.quantile([r["s"] for r in rows], q)), 2) if rows else float("nan")
+
+        before = [r for r in answers if r["t"] < t_lost]
+        during = [r for r in answers if r["t"] < t_lost + back_s and r["t"] + r["s"] > t_lost]  # overlapping it
+        figures = {"requests": len(answers), "before": len(before), "during_loss": len(during),
+                   "killed_processes": killed, "replicas_back_s": round(back_s, 1),
+                   "p50_p95_before_s": (p(0.5, before), p(0.95, before)),
+                   "p50_p95_during_loss_s": (p(0.5, during), p(0.95, during)),
+                   "retried_by_ingress": sum(r["ingress_retries"] > 0 for r in answers),
+                   "retried_by_client": sum(r["client_retries"] > 0 for r in answers),
+                   "restart_host_s": round(restart_s, 1), "replicas_after": now}
+        print(f"\nvgt serve with a host killed under load: {figures}")
+        failed = [r for r in answers if r["ok"] is not True]
+        assert not failed, failed
+        assert before and during and max(r["t"] for r in answers) > t_lost + back_s  # load before, during, after
 
 
 @pytest.mark.timeout(120)

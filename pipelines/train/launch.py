@@ -14,6 +14,7 @@ Resuming is running the same command again: Ray Train V2 finds the latest checkp
 """
 from __future__ import annotations
 
+import logging
 import posixpath
 from dataclasses import asdict
 
@@ -57,7 +58,14 @@ def latest_checkpoint_state(out: str) -> dict | None:
     run = vio.join(out, RUN_NAME)
     if not vio.exists(vio.join(run, SNAPSHOT_FILE)):
         return None
-    checkpoint = Result.from_path(vio.join(path, RUN_NAME), storage_filesystem=fs).checkpoint
+    # Ray's controller says "a run snapshot was found" itself when the run starts; not twice
+    quiet = logging.getLogger("ray.train.v2._internal.execution.checkpoint.checkpoint_manager")
+    level = quiet.level
+    quiet.setLevel(logging.WARNING)
+    try:
+        checkpoint = Result.from_path(vio.join(path, RUN_NAME), storage_filesystem=fs).checkpoint
+    finally:
+        quiet.setLevel(level)
     return vio.read_json(vio.join(run, posixpath.basename(checkpoint.path), STATE_FILE)) if checkpoint else None
 
 
