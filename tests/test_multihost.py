@@ -2,7 +2,7 @@
 private bridge, a Ray head in one and a worker node in each other, each with its own address and
 its own /tmp, and an S3 server on the bridge (tests/s3_server.py) that every host reaches. Jobs go
 through `ray job submit` to the head's job server, as a user's would: tasks and objects across
-hosts; `vgt prep`, `vgt prep-latents` and `vgt train-ar` (DDP on gloo, one worker per host,
+hosts; `vgt prep` and `vgt train-ar` (DDP on gloo, one worker per host,
 checkpoints on S3) with their work spread over the hosts; `vgt serve` with its replicas spread over
 the hosts. Faults: a worker host killed (every process at once, as a crash) in the middle of prep,
 of training and under serving load; a worker host's cable pulled mid-training; the S3 server
@@ -278,44 +278,6 @@ def test_prep_on_s3_spreads_parts_over_every_host_and_survives_a_host_killed_mid
         assert got.equals(pq.read_table(prep_run["reference_dir"] / f"{n}.parquet")), n
 
 
-@pytest.mark.timeout(1200)
-def test_prep_latents_on_s3_decodes_and_encodes_on_every_host(hosts, s3, prep_run, tmp_path):
-    """`vgt prep-latents` of the prepared parts on s3:// with two AE actors of one CPU each: with one
-    CPU per host, the two encoders and the decoding actor sit on three different hosts. Every part
-    gets its latents once, equal to encoding the same parts in this process (one thread each)."""
-    import pyarrow.parquet as pq
-    import torch
-
-    from pipelines.prep.add_latents import run_prep_latents
-    from vgt.data.latents import latents_from_columns
-    from vgt.data.layout import part_uri
-
-    job = Job(hosts, s3, "prep-latents", "--data", f"s3://{BUCKET}/prepared", "--ae", f"s3://{BUCKET}/ae", "--out",
-              f"s3://{BUCKET}/latents", "--concurrency", "2", "--num-cpus", "1", "--batch-size", "4")
-    job.wait()
-    placed = {name.split("(")[-1].rstrip(")"): ips for name, ips in actor_hosts(hosts, ("ALIVE", "DEAD")).items()
-              if name.startswith("MapWorker(")}
-    print(f"\nprep-latents across hosts: {job.seconds} s, actors {placed}")
-    assert len(set(placed["LatentEncoder"])) == 2 and len(set(placed["LatentEncoder"]) | set(placed["CropParts"])) == 3
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # as each actor
-    try:
-        reference = run_prep_latents(str(prep_run["reference_dir"]), f"s3://{BUCKET}/ae", str(tmp_path / "latents"),
-                                     batch_size=4, in_process=True)
-    finally:
-        torch.set_num_threads(threads)
-    manifest = vio.read_json(f"s3://{BUCKET}/latents/manifest.json")
-    names = sorted(reference["latents"]["parts"])
-    assert len(names) == N_SHARDS and sorted(manifest["latents"]["parts"]) == names
-    assert sorted(manifest["latents"]["parts_encoded"]) == names
-    for n in names:
-        got, ref = (pq.read_table(io.BytesIO(vio.read_bytes(part_uri(root, n))), columns=["key", "latent", "latent_shape"])
-                    for root in (f"s3://{BUCKET}/latents", str(tmp_path / "latents")))
-        assert got["key"].to_pylist() == ref["key"].to_pylist()
-        a, b = (latents_from_columns(t["latent"], t["latent_shape"]) for t in (got, ref))
-        assert a.shape == (PER_SHARD, *manifest["latents"]["shape"]) and np.array_equal(a, b), n
-
-
 def train_ar(hosts, s3, run: str) -> Job:
     """`vgt train-ar` on the prepared parts (latents encoded on the fly by the frozen AE), 2 DDP
     workers on gloo (one CPU each, so one per host), a checkpoint every 2 of 4 steps, all on S3."""
@@ -489,9 +451,8 @@ def replica_hosts(hosts) -> dict[str, list[str]]:
     return {name.rsplit(":", 1)[-1]: ips for name, ips in actor_hosts(hosts).items() if name.startswith("ServeReplica:vgt:")}
 
 
-def actor_hosts(hosts, states: tuple[str, ...] = ("ALIVE",)) -> dict[str, list[str]]:
-    """Actor class name -> host addresses of its actors in one of `states` (the head's state API,
-    which keeps ended actors for a while)."""
+def actor_hosts(hosts) -> dict[str, list[str]]:
+    """Actor class name -> host addresses of its live actors (the head's state API)."""
     import urllib.request
 
     req = urllib.request.Request(f"{hosts.dashboard}/api/v0/actors?limit=1000&detail=1",
@@ -501,7 +462,7 @@ def actor_hosts(hosts, states: tuple[str, ...] = ("ALIVE",)) -> dict[str, list[s
     ips = {n["node_id"]: n["node_ip"] for n in _nodes(hosts)}
     out: dict[str, list[str]] = {}
     for a in actors:
-        if a["state"] in states:
+        if a["state"] == "ALIVE":
             out.setdefault(a["class_name"], []).append(ips[a["node_id"]])
     return {k: sorted(v) for k, v in out.items()}
 
