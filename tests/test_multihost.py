@@ -448,11 +448,6 @@ PROMPT = "a red square on a white background"
 
 def replica_hosts(hosts) -> dict[str, list[str]]:
     """Deployment name -> host addresses of its live replicas (the head's state API)."""
-    return {name.rsplit(":", 1)[-1]: ips for name, ips in actor_hosts(hosts).items() if name.startswith("ServeReplica:vgt:")}
-
-
-def actor_hosts(hosts) -> dict[str, list[str]]:
-    """Actor class name -> host addresses of its live actors (the head's state API)."""
     import urllib.request
 
     req = urllib.request.Request(f"{hosts.dashboard}/api/v0/actors?limit=1000&detail=1",
@@ -462,8 +457,8 @@ def actor_hosts(hosts) -> dict[str, list[str]]:
     ips = {n["node_id"]: n["node_ip"] for n in _nodes(hosts)}
     out: dict[str, list[str]] = {}
     for a in actors:
-        if a["state"] == "ALIVE":
-            out.setdefault(a["class_name"], []).append(ips[a["node_id"]])
+        if a["state"] == "ALIVE" and a["class_name"].startswith("ServeReplica:vgt:"):
+            out.setdefault(a["class_name"].rsplit(":", 1)[-1], []).append(ips[a["node_id"]])
     return {k: sorted(v) for k, v in out.items()}
 
 
@@ -511,13 +506,6 @@ def served(hosts, s3, train_ref, tmp_path_factory) -> dict:
         job.stop()
 
 
-def generate(url: str, seed: int):
-    import httpx
-
-    return httpx.post(f"{url}/v1/images/generations", timeout=120, json={
-        "prompt": PROMPT, "seed": seed, "n": 1, "size": "112x112", "response_format": "b64_json"})
-
-
 LOAD_CLIENTS = 2  # each sends one request after another
 CLIENT_RETRIES = 5  # the openai SDK's max_retries (its default is 2); it retries 5xx, honouring Retry-After
 
@@ -531,12 +519,14 @@ class TestServe:
         image the pipeline gives in this process."""
         import base64
 
+        import httpx
         from PIL import Image
 
         from vgt.pipeline import VGTPipeline
 
         t0 = time.monotonic()
-        r = generate(served["url"], seed=3)
+        r = httpx.post(f"{served['url']}/v1/images/generations", timeout=120,
+                       json={"prompt": PROMPT, "seed": 3, "n": 1, "size": "112x112", "response_format": "b64_json"})
         request_s = round(time.monotonic() - t0, 2)
         placed = replica_hosts(hosts)
         print(f"\nvgt serve across hosts: healthy {served['ready_s']} s after submit, one request {request_s} s, "
@@ -551,7 +541,6 @@ class TestServe:
                         parallel_tokens=sample.parallel_tokens)
         assert served_image.shape == (112, 112, 3)
         assert np.abs(served_image.astype(int) - np.asarray(local)).max() <= 1  # other thread counts: +-1 level
-
 
     @pytest.mark.timeout(1200)
     def test_serve_loses_a_host_under_load_without_failing_a_request(self, hosts, served):
