@@ -58,30 +58,73 @@ class DemoOptions:
     overrides: list[str] = field(default_factory=list)
 
 
+def allowance(name: str, budget_s: float, elapsed_s: float) -> float:
+    """Seconds a stage may take when it starts `elapsed_s` into the budget: its share, or more when
+    earlier stages left time over (later stages keep their shares)."""
+    names = list(BUDGET_SHARES)
+    later = sum(BUDGET_SHARES[n] for n in names[names.index(name) + 1:]) * budget_s
+    return max(BUDGET_SHARES[name] * budget_s, budget_s - elapsed_s - later)
+
+
 class Stages:
-    """Numbered progress lines and per-stage wall times against the budget."""
+    """Numbered progress lines and per-stage start and wall times against the budget."""
 
     def __init__(self, budget_s: float):
-        self.budget_s, self.started, self.times = budget_s, time.time(), {}
+        self.budget_s, self.started, self.times, self.starts = budget_s, time.time(), {}, {}
 
     def budget(self, name: str) -> float:
         return BUDGET_SHARES[name] * self.budget_s
 
     def available(self, name: str) -> float:
-        """The stage's share, or more when earlier stages left time over (later shares are kept)."""
-        names = list(BUDGET_SHARES)
-        later = sum(BUDGET_SHARES[n] for n in names[names.index(name) + 1:]) * self.budget_s
-        return max(self.budget(name), self.budget_s - (time.time() - self.started) - later)
+        return allowance(name, self.budget_s, time.time() - self.started)
 
     def run(self, name: str, fn, *args, **kwargs):
         index = list(BUDGET_SHARES).index(name) + 1
-        print(f"[demo {index}/{len(BUDGET_SHARES)}] {name} (budget {self.budget(name):.0f} s, "
-              f"{time.time() - self.started:.0f} s elapsed)", flush=True)
         start = time.time()
+        self.starts[name] = round(start - self.started, 1)
+        print(f"[demo {index}/{len(BUDGET_SHARES)}] {name} (budget {self.budget(name):.0f} s, "
+              f"{self.starts[name]:.0f} s elapsed)", flush=True)
         result = fn(*args, **kwargs)
         self.times[name] = round(time.time() - start, 1)
         print(f"[demo {index}/{len(BUDGET_SHARES)}] {name} done in {self.times[name]:.1f} s", flush=True)
         return result
+
+
+TRAINING_RUNS = {"train-ae": "ae_run", "train-ar": "ar_run"}  # stage -> its run folder in metrics["paths"]
+
+
+def budgeted_seconds(metrics: dict) -> dict:
+    """What a run with fixed steps would have taken as the budgeted (default) demo on the same
+    machine, from its own measured costs: every stage the budget does not size at its measured time
+    (and the Ray start before and shutdown after them), each training stage at what a budgeted run
+    lets it take: its start-up, checkpoints and export as measured (the stage's wall time minus its
+    training loop's, from the run's metrics.jsonl), plus the loop's `train.time_limit_s` (the
+    stage's allowance minus TRAIN_FIXED_S; the loop ends at the first step past it) plus its
+    longest step. `total` is the bound; the rest says where it comes from."""
+    budget_s = metrics["options"]["budget_minutes"] * 60
+    starts, times = metrics["stage_start_seconds"], metrics["stage_seconds"]
+    names = list(BUDGET_SHARES)
+    elapsed = starts[names[0]]  # Ray start
+    seconds = {}
+    for name in names:
+        if name in TRAINING_RUNS:
+            loop = _loop_seconds(vio.join(metrics["paths"][TRAINING_RUNS[name]], "metrics.jsonl"))
+            limit = loop_time_limit(allowance(name, budget_s, elapsed))
+            seconds[name] = round(times[name] - loop["loop"] + limit + loop["longest_step"], 1)
+        else:
+            seconds[name] = times[name]
+        elapsed += seconds[name]
+    after = metrics["total_seconds"] - starts[names[-1]] - times[names[-1]]  # Serve and Ray shutdown
+    return {"total": round(elapsed + after, 1), "budget": budget_s, "stages": seconds,
+            "outside_stages": round(starts[names[0]] + after, 1)}
+
+
+def _loop_seconds(metrics_uri: str) -> dict:
+    """Wall time of a run's training loop (its start record to its last step) and its longest step."""
+    records = [json.loads(line) for line in vio.read_bytes(metrics_uri).decode().splitlines() if line.strip()]
+    start = next(r["time"] for r in records if r.get("event") == "start")
+    times = [start] + [r["time"] for r in records if "loss" in r]
+    return {"loop": times[-1] - start, "longest_step": max(b - a for a, b in zip(times, times[1:]))}
 
 
 def start_ray(temp_dir: str, num_cpus: int = CORES) -> None:
@@ -121,18 +164,10 @@ def train_stage(opts: DemoOptions, budget_s: float, stage: str, stage_key: str, 
     from vgt.presets import get_preset
 
     cfg = get_preset(opts.preset, opts.overrides)
-    cap, batch = getattr(cfg.train, stage_key).steps, getattr(cfg.train, stage_key).batch_size
-    # the preset's batch is the calibrated one: split it over the workers (at equal samples, more
-    # optimiser steps learn more in a short run than bigger batches)
-    plan = {"preset_steps": cap, "batch_per_worker": max(1, batch // opts.workers)}
-    overrides = [*opts.overrides, f"train.{stage_key}.batch_size={plan['batch_per_worker']}"]
     fixed = {"ae": opts.ae_steps, "ar": opts.ar_steps}[stage]
-    if fixed:
-        plan.update(steps=fixed, time_limit_s=None)
-    else:
-        train_s = max(budget_s - TRAIN_FIXED_S, 0.0)
-        plan.update(steps=max(10, min(cap, int(train_s * STEPS_PER_SECOND[stage_key]))),
-                    time_limit_s=round(max(10.0, train_s), 1))
+    plan = stage_plan(getattr(cfg.train, stage_key), stage_key, opts.workers, fixed, budget_s)
+    overrides = [*opts.overrides, f"train.{stage_key}.batch_size={plan['batch_per_worker']}"]
+    if plan["time_limit_s"] is not None:
         overrides.append(f"train.time_limit_s={plan['time_limit_s']}")
     cfg = get_preset(opts.preset, overrides)
     # half a CPU per worker leaves room for the Train controller and Ray Data on 2 cores; the
@@ -143,6 +178,24 @@ def train_stage(opts: DemoOptions, budget_s: float, stage: str, stage_key: str, 
         train(stage, stage_key, cfg, [data], out, ray_cfg, steps=plan["steps"], ae=ae,
               default_strategy_gpu="fsdp2" if stage == "ar" else "ddp")
     return plan
+
+
+def stage_plan(stage_cfg, stage_key: str, workers: int, fixed_steps: int | None, budget_s: float) -> dict:
+    """A training stage's steps and wall-time cap: `fixed_steps` without a cap, or the steps its
+    budget buys at STEPS_PER_SECOND (at most the preset's) with a cap of that budget, both less
+    TRAIN_FIXED_S. The preset's batch is the calibrated one: split over the workers (at equal
+    samples, more optimiser steps learn more in a short run than bigger batches)."""
+    plan = {"preset_steps": stage_cfg.steps, "batch_per_worker": max(1, stage_cfg.batch_size // workers)}
+    if fixed_steps:
+        return plan | {"steps": fixed_steps, "time_limit_s": None}
+    limit = loop_time_limit(budget_s)
+    return plan | {"steps": max(10, min(stage_cfg.steps, int(limit * STEPS_PER_SECOND[stage_key]))),
+                   "time_limit_s": limit}
+
+
+def loop_time_limit(stage_budget_s: float) -> float:
+    """`train.time_limit_s` of a budgeted training stage: its budget less TRAIN_FIXED_S, at least 10 s."""
+    return round(max(10.0, stage_budget_s - TRAIN_FIXED_S), 1)
 
 
 @contextlib.contextmanager
@@ -215,6 +268,7 @@ def run_demo(opts: DemoOptions) -> dict:
     stages = Stages(opts.budget_minutes * 60)
     temp_dir = tempfile.mkdtemp(prefix="vgt-demo-ray-")
     metrics: dict = {"options": asdict(opts), "ray_temp_dir": temp_dir, "paths": paths, "stage_seconds": stages.times,
+                     "stage_start_seconds": stages.starts,
                      "stage_budget_seconds": {name: round(stages.budget(name), 1) for name in BUDGET_SHARES}}
     start_ray(temp_dir)
     try:
