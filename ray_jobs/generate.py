@@ -37,6 +37,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--order", choices=["random", "raster"], help="token generation order (default: config.sample)")
     parser.add_argument("--sampler", choices=["sde", "ode"], help="flow sampler (default: config.sample)")
     parser.add_argument("--feed-mode", choices=["pairs", "parity"], help="KV feed scheme (default: config.sample)")
+    parser.add_argument("--temperature", type=float,
+                        help="factor on the flow sampler's noise, below 1 keeps draws nearer their likeliest values "
+                             "(default: config.sample)")
     parser.add_argument("--batch-size", type=at_least(1), default=8, help="images sampled together (default 8)")
     parser.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     parser.add_argument("--bf16", action="store_true", help="bf16 weights (GPU)")
@@ -86,13 +89,16 @@ def check_sampling(pipe, args: argparse.Namespace) -> dict:
     from ray_jobs._entry import UserError
 
     given = dict(guidance_scale=args.guidance_scale, num_steps=args.num_steps, parallel_tokens=args.parallel_tokens,
-                 order=args.order, cfg_schedule=args.cfg_schedule, sampler=args.sampler, feed_mode=args.feed_mode)
+                 order=args.order, cfg_schedule=args.cfg_schedule, sampler=args.sampler, feed_mode=args.feed_mode,
+                 temperature=args.temperature)
     try:
         settings = pipe.sampling(args.height, args.width, **given)
     except ValueError as e:  # e.g. a size below the AE stride
         raise UserError(str(e)) from e
     if settings.sampler == "sde" and settings.num_steps < 2:
         raise UserError(f"the SDE sampler needs --num-steps >= 2 (got {settings.num_steps}); or pass --sampler ode")
+    if settings.temperature < 0:
+        raise UserError(f"--temperature must be >= 0 (got {settings.temperature})")
     return given
 
 

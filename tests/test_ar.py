@@ -156,21 +156,38 @@ def test_samplers_reach_a_point_mass_exactly(method):
     assert torch.allclose(x, target, atol=1e-5)
 
 
-def test_sde_sampler_matches_the_reference_update():
+@pytest.mark.parametrize("temperature", [1.0, 0.5, 0.0])
+def test_sde_sampler_matches_the_reference_update(temperature):
+    """The reference's update at temperature 1; below it every noise draw shrinks (MAR's temperature)."""
     head = FlowHead(32, 8, width=16, depth=1)
     randomize_head(head)
     cond = torch.randn(3, 8)
     noises = [torch.randn(3, 32, generator=torch.Generator().manual_seed(i)) for i in range(5)]
     it = iter(noises)
-    x = flow.sample_tokens(head, cond, lambda: next(it), num_steps=5, method="sde")
-    ref, grid = noises[0], torch.linspace(0, 0.96, 5)
+    x = flow.sample_tokens(head, cond, lambda: next(it), num_steps=5, method="sde", temperature=temperature)
+    ref, grid = temperature * noises[0], torch.linspace(0, 0.96, 5)
     for i in range(4):  # score form of the reference: drift = v + (1 - t) * (t v - x) / (1 - t)
         t, dt = grid[i], grid[i + 1] - grid[i]
         v = head(ref, t.expand(3), cond)
         score = (t * v - ref) / (1 - t)
-        ref = ref + (v + (1 - t) * score) * dt + torch.sqrt(2 * (1 - t)) * torch.sqrt(dt) * noises[i + 1]
+        ref = ref + (v + (1 - t) * score) * dt + temperature * torch.sqrt(2 * (1 - t) * dt) * noises[i + 1]
     ref = ref + head(ref, grid[-1].expand(3), cond) * 0.04
     assert torch.allclose(x, ref, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.5])
+def test_ode_sampler_starts_from_the_scaled_noise(temperature):
+    """The ODE's one noise draw is its start: Euler steps from temperature * noise (a hand-rolled loop)."""
+    head = FlowHead(32, 8, width=16, depth=1)
+    randomize_head(head)
+    cond, start = torch.randn(3, 8), torch.randn(3, 32, generator=torch.Generator().manual_seed(9))
+    x = flow.sample_tokens(head, cond, lambda: start.clone(), num_steps=4, method="ode", temperature=temperature)
+    ref = temperature * start
+    for t in (0.0, 0.25, 0.5, 0.75):
+        ref = ref + head(ref, torch.full((3,), t), cond) * 0.25
+    assert torch.allclose(x, ref, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="temperature must be >= 0, got -0.1"):
+        flow.sample_tokens(head, cond, lambda: start, num_steps=4, method="ode", temperature=-0.1)
 
 
 def test_cfg_scale_one_equals_unguided_head_path():

@@ -115,12 +115,12 @@ def test_bad_sampler_arguments_are_clear_errors():
 
 def test_resolve_fills_every_unset_setting_from_the_config_and_keeps_explicit_ones():
     folder = SampleConfig(guidance_scale=2.5, cfg_schedule="constant", num_steps=7, parallel_tokens=9,
-                          order="raster", sampler="ode", feed_mode="parity")
+                          order="raster", sampler="ode", feed_mode="parity", temperature=0.5)
     names = list(folder.as_kwargs())
     assert folder.resolve() == folder and folder.resolve() is not folder
     assert folder.resolve(**dict.fromkeys(names)) == folder  # None everywhere: all from the config
     explicit = dict(guidance_scale=1.0, cfg_schedule="linear", num_steps=2, parallel_tokens=3, order="random",
-                    sampler="sde", feed_mode="pairs")
+                    sampler="sde", feed_mode="pairs", temperature=1.0)
     assert set(explicit) == set(names)  # the test covers every setting
     assert folder.resolve(**explicit).as_kwargs() == explicit
     for name in names:  # one explicit value, the rest from the config

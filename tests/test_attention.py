@@ -170,7 +170,7 @@ def conditions(model, latents):
             out[f"{mode}-P{p}-batch"] = teacher_forced_conditions(model, PROMPTS[:n], latents, orders, p, mode)
             out[f"{mode}-P{p}-alone"] = teacher_forced_conditions(model, PROMPTS[:1], latents[:1], orders[:1], p, mode)
     settings = dict(cfg_schedule="linear", num_steps=2, parallel_tokens=3, order="random", sampler="ode",
-                    feed_mode="pairs")
+                    feed_mode="pairs", temperature=1.0)
     for scale in (1.0, 3.0):  # alone (no padding, batch 1) and with the unconditional rows
         out[f"sample-cfg{scale}"] = sample_latents(model, PROMPTS[:1], [image_generator(0, 0)], (h, w),
                                                    guidance_scale=scale, **settings)

@@ -88,11 +88,12 @@ def test_generate_sampling_flags_are_the_config_keys_and_default_to_none():
     keys = [f for f in SampleConfig.__dataclass_fields__]
     assert all(getattr(args, k) is None for k in keys)  # None: the folder's config.sample decides
     argv = GENERATE + ["--guidance-scale", "2.5", "--cfg-schedule", "constant", "--num-steps", "7",
-                       "--parallel-tokens", "4", "--order", "raster", "--sampler", "ode", "--feed-mode", "parity"]
+                       "--parallel-tokens", "4", "--order", "raster", "--sampler", "ode", "--feed-mode", "parity",
+                       "--temperature", "0.5"]
     args = parse("generate", argv)
     assert {k: getattr(args, k) for k in keys} == dict(
         guidance_scale=2.5, cfg_schedule="constant", num_steps=7, parallel_tokens=4, order="raster",
-        sampler="ode", feed_mode="parity")
+        sampler="ode", feed_mode="parity", temperature=0.5)
 
 
 def test_eval_shapes_concurrency_and_sampling_flags():
@@ -208,6 +209,7 @@ def tiny_folder(tmp_path_factory) -> str:
 @pytest.mark.parametrize("extra,message", [
     (["--height", "10"], "height and width must be at least"),
     (["--num-steps", "1"], "the SDE sampler needs --num-steps >= 2"),
+    (["--temperature", "-1"], "--temperature must be >= 0 (got -1.0)"),
 ])
 def test_generate_refuses_values_the_folder_cannot_sample_with(tiny_folder, tmp_path, extra, message, capsys):
     argv = ["generate", "--model", tiny_folder, "--out", str(tmp_path / "o"), "--prompt", "x", *extra]

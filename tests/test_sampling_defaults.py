@@ -30,7 +30,7 @@ from test_ar import randomize_head, single_thread  # noqa: F401 (autouse)
 PROMPTS = ["a red circle on the left", "two blue squares at the top"]
 # Every setting differs from SampleConfig()'s (the old hard-coded defaults) and from the tiny preset's.
 FOLDER_SAMPLE = {"guidance_scale": 2.5, "cfg_schedule": "constant", "num_steps": 3, "parallel_tokens": 2,
-                 "order": "raster", "sampler": "ode", "feed_mode": "parity"}
+                 "order": "raster", "sampler": "ode", "feed_mode": "parity", "temperature": 0.5}
 ONE_REPLICA = {"autoscaling_config": {"min_replicas": 1, "max_replicas": 1}, "graceful_shutdown_timeout_s": 2}
 
 

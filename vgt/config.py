@@ -147,6 +147,9 @@ class SampleConfig:
     """Flow-head sampler: "sde" (reference Euler-Maruyama) | "ode" (deterministic Euler)."""
     feed_mode: str = "pairs"
     """"pairs" (only new (q, e) pairs enter the KV cache, the training layout) | "parity" (reference re-feed)."""
+    temperature: float = 1.0
+    """Factor on every noise draw of the flow-head sampler: its start and, for the SDE, each step's (MAR's
+    temperature). 1 = the reference; below it each token's draw keeps nearer its likeliest values."""
 
     def resolve(self, num_tokens: int | None = None, **overrides: Any) -> "SampleConfig":
         """The settings to sample with: these, with every override that is not None applied (an

@@ -104,7 +104,7 @@ class VGTPipeline:
         height/width default to the preset resolution; the latent grid is (height // 28, width // 28)
         and the decoded image is resized to exactly (height, width) if needed (as the reference).
         Every sampling setting left as None (guidance_scale, num_steps, parallel_tokens, order and the
-        keywords cfg_schedule, sampler, feed_mode) comes from this folder's `config.sample`, as in
+        keywords cfg_schedule, sampler, feed_mode, temperature) comes from this folder's `config.sample`, as in
         `vgt generate`, `vgt eval` and `vgt serve`. `parallel_tokens` is capped at the number of
         latent tokens. Other keywords (generators, progress) go to `sample_latents`.
         """
@@ -123,7 +123,7 @@ class VGTPipeline:
                        width: int | None = None, guidance_scale: float | None = None, num_steps: int | None = None,
                        parallel_tokens: int | None = None, order: str | None = None, seed: int | None = None,
                        generators: list[torch.Generator] | None = None, cfg_schedule: str | None = None,
-                       sampler: str | None = None, feed_mode: str | None = None,
+                       sampler: str | None = None, feed_mode: str | None = None, temperature: float | None = None,
                        progress=None) -> torch.Tensor:
         """Normalised latents [N, C, h, w] (fp32). Image i (prompt-major) draws its order and noise from
         `image_generator(seed, i)` unless `generators` (one per image) are given. Sampling settings
@@ -137,7 +137,7 @@ class VGTPipeline:
         height, width = self.image_size(height, width)
         settings = self.sampling(height, width, guidance_scale=guidance_scale, num_steps=num_steps,
                                  parallel_tokens=parallel_tokens, order=order, cfg_schedule=cfg_schedule,
-                                 sampler=sampler, feed_mode=feed_mode)
+                                 sampler=sampler, feed_mode=feed_mode, temperature=temperature)
         with torch.no_grad():
             return sample_latents(self.model, prompts, generators, (height // self.stride, width // self.stride),
                                   **settings.as_kwargs(), progress=progress)

@@ -72,20 +72,25 @@ def guidance_at(schedule: str, scale: float, group: int, num_groups: int) -> flo
 
 
 def sample_tokens(head, cond: torch.Tensor, noise: Callable[[], torch.Tensor], num_steps: int,
-                  method: str, uncond: torch.Tensor | None = None, scale: float = 1.0) -> torch.Tensor:
+                  method: str, uncond: torch.Tensor | None = None, scale: float = 1.0,
+                  temperature: float = 1.0) -> torch.Tensor:
     """Draw one latent per condition row: cond [N, D] -> x [N, C] (fp32).
 
     `noise()` returns a fresh [N, C] standard normal each call (the caller derives it from per-image
     generators). With `uncond` [N, D] the head runs on the doubled batch and the velocities are
     combined with guidance `scale` (classifier-free guidance).
     method "sde": the reference Euler-Maruyama sampler (grid linspace(0, 0.96, num_steps), drift
-    (1 + t) v - x, diffusion sqrt(2 (1 - t)), then one Euler step of 0.04): `num_steps` head calls.
+    (1 + t) v - x, diffusion sqrt(2 (1 - t)), then one Euler step of 0.04): `num_steps` head calls;
+    `temperature` multiplies every noise draw, the start's and the SDE's diffusion term's (MAR's
+    temperature on its diffusion sampler's noise).
     method "ode": deterministic Euler on linspace(0, 1, num_steps + 1): `num_steps` head calls.
     """
     if num_steps < (2 if method == "sde" else 1):
         raise ValueError(f"num_steps must be >= 2 for the SDE sampler and >= 1 for the ODE, got {num_steps}")
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
     velocity = _velocity_fn(head, cond, uncond, scale)
-    x = noise()
+    x = temperature * noise()
     if method == "ode":
         grid = torch.linspace(0, 1, num_steps + 1)
         for t0, t1 in zip(grid[:-1].tolist(), grid[1:].tolist()):
@@ -97,7 +102,7 @@ def sample_tokens(head, cond: torch.Tensor, noise: Callable[[], torch.Tensor], n
     for t0, t1 in zip(grid[:-1].tolist(), grid[1:].tolist()):
         dt = t1 - t0
         drift = (1 + t0) * velocity(x, t0) - x  # v + (1 - t) * score, score = (t v - x) / (1 - t)
-        x = x + drift * dt + (2 * (1 - t0) * dt) ** 0.5 * noise()
+        x = x + drift * dt + temperature * (2 * (1 - t0) * dt) ** 0.5 * noise()
     return x + velocity(x, grid[-1].item()) * SDE_LAST_STEP
 
 

@@ -137,7 +137,7 @@ class Rollout:
 
 def sample_latents(model, prompts: list[str], generators: list[torch.Generator], grid: tuple[int, int], *,
                    guidance_scale: float, cfg_schedule: str, num_steps: int, parallel_tokens: int, order: str,
-                   sampler: str, feed_mode: str, use_cache: bool = True,
+                   sampler: str, feed_mode: str, temperature: float, use_cache: bool = True,
                    progress: Callable[[int, int], None] | None = None, stats: dict | None = None,
                    preview: Callable[[int, torch.Tensor], None] | None = None,
                    preview_after: Collection[int] = ()) -> torch.Tensor:
@@ -151,7 +151,8 @@ def sample_latents(model, prompts: list[str], generators: list[torch.Generator],
     [N, C, h, w] (zeros where not sampled yet): partial images for streaming clients.
     """
     _require(guidance_scale=guidance_scale, cfg_schedule=cfg_schedule, num_steps=num_steps,
-             parallel_tokens=parallel_tokens, order=order, sampler=sampler, feed_mode=feed_mode)
+             parallel_tokens=parallel_tokens, order=order, sampler=sampler, feed_mode=feed_mode,
+             temperature=temperature)
     if len(prompts) != len(generators):
         raise ValueError(f"{len(prompts)} prompts but {len(generators)} generators (one per image)")
     h, w = grid
@@ -170,7 +171,7 @@ def sample_latents(model, prompts: list[str], generators: list[torch.Generator],
             start = _clock(stats is not None, cond)
             z = sample_tokens(model.head, cond[:n * size], _noise(generators, size, model.latent_dim, cond),
                               num_steps, sampler, cond[n * size:] if guided else None,
-                              guidance_at(cfg_schedule, guidance_scale, g, len(sizes)))
+                              guidance_at(cfg_schedule, guidance_scale, g, len(sizes)), temperature)
             z = normalize_latents(z).view(n, size, -1)
             head_seconds += _clock(stats is not None, z) - start
             idx = orders[:, roll.start:roll.start + size].to(out.device)
