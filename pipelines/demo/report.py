@@ -18,9 +18,9 @@ GRID_IMAGES = 8  # originals / reconstructions shown in the reconstruction grid
 
 def loss_curve(run: str, title: str) -> tuple[bytes, dict]:
     """The run's learning curves (PNG) and its loss / throughput figures."""
-    records = [json.loads(line) for line in vio.read_bytes(vio.join(run, "metrics.jsonl")).decode().splitlines()
-               if line.strip()]
-    steps = [r for r in records if "loss" in r]
+    from vgt.train.loop import read_metrics
+
+    steps = [r for r in read_metrics(run) if "loss" in r]
     curve = plots.png(plots.learning_curves(steps, title))
     tail = steps[-max(1, len(steps) // 10):]
     return curve, {"steps": len(steps), "first_loss": steps[0]["loss"] if steps else None,

@@ -108,7 +108,7 @@ def budgeted_seconds(metrics: dict) -> dict:
     seconds = {}
     for name in names:
         if name in TRAINING_RUNS:
-            loop = _loop_seconds(vio.join(metrics["paths"][TRAINING_RUNS[name]], "metrics.jsonl"))
+            loop = _loop_seconds(metrics["paths"][TRAINING_RUNS[name]])
             limit = loop_time_limit(allowance(name, budget_s, elapsed))
             seconds[name] = round(times[name] - loop["loop"] + limit + loop["longest_step"], 1)
         else:
@@ -119,9 +119,11 @@ def budgeted_seconds(metrics: dict) -> dict:
             "outside_stages": round(starts[names[0]] + after, 1)}
 
 
-def _loop_seconds(metrics_uri: str) -> dict:
+def _loop_seconds(run: str) -> dict:
     """Wall time of a run's training loop (its start record to its last step) and its longest step."""
-    records = [json.loads(line) for line in vio.read_bytes(metrics_uri).decode().splitlines() if line.strip()]
+    from vgt.train.loop import read_metrics
+
+    records = read_metrics(run)
     start = next(r["time"] for r in records if r.get("event") == "start")
     times = [start] + [r["time"] for r in records if "loss" in r]
     return {"loop": times[-1] - start, "longest_step": max(b - a for a, b in zip(times, times[1:]))}

@@ -182,6 +182,14 @@ def export(spec: LoopSpec, stage, env: WorkerEnv) -> None:
     env.barrier()
 
 
+def read_metrics(out: str) -> list[dict]:
+    """The records of a run folder's metrics.jsonl (none when it has no file yet)."""
+    uri = vio.join(out, "metrics.jsonl")
+    if not vio.exists(uri):
+        return []
+    return [json.loads(line) for line in vio.read_bytes(uri).decode().splitlines() if line.strip()]
+
+
 class MetricsLog:
     """OUT/metrics.jsonl, one JSON object per step (rank 0). On resume, lines after the resumed
     step are dropped, so the file always describes one consistent history. With `forward`, what is
@@ -189,17 +197,12 @@ class MetricsLog:
 
     def __init__(self, out: str, start: int, forward: bool = False):
         self.uri = vio.join(out, "metrics.jsonl")
-        self.records = [r for r in self._read() if r["step"] <= start]
+        self.records = [r for r in read_metrics(out) if r["step"] <= start]
         self._forward = forward
         self._pending: list[dict] = []
         self._local = not vio.is_s3(out)
         if self._local:
             self._rewrite()
-
-    def _read(self) -> list[dict]:
-        if not vio.exists(self.uri):
-            return []
-        return [json.loads(line) for line in vio.read_bytes(self.uri).decode().splitlines() if line.strip()]
 
     def append(self, record: dict) -> None:
         self.records.append(record)
